@@ -1,0 +1,128 @@
+"""Build the Lightning Server's ASGI app: store lifecycle, watchdog, error handling, guards, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
+
+from agentbolt import __version__
+from agentbolt.errors import AgentboltError
+from agentbolt.server.guards import ApiKeyGuard, BodyLimitGuard, error_body
+from agentbolt.server.queue import QueueSignals
+from agentbolt.server.queue import router as queue_router
+from agentbolt.server.traces import router as traces_router
+from agentbolt.store import SCHEMA_VERSION, Store
+from agentbolt.types import Health, ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+async def _watchdog(store: Store, signals: QueueSignals, interval_s: float) -> None:
+    """End attempts past their timeout or heartbeat timeout; requeued rollouts wake waiting workers."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            ended = await store.expire_attempts()
+        except Exception:  # the sweep must survive a transient database error
+            log.exception("watchdog sweep failed; retrying in %.1fs", interval_s)
+            continue
+        if ended:
+            log.info("watchdog ended %d attempt(s): %s", len(ended), ", ".join(a.attempt_id for a in ended))
+            signals.wake()
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        return JSONResponse(
+            error_body(f"request body is not valid JSON: {ctx.get('error', 'parse error')}", "invalid_json"),
+            status_code=400,
+        )
+    parts = []
+    for err in errors[:10]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg')}")
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    return JSONResponse(error_body("invalid request: " + "; ".join(parts), "invalid_request", param), status_code=422)
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
+
+
+def _agentbolt_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AgentboltError)
+    return JSONResponse(error_body(str(exc), exc.code), status_code=exc.http_status)
+
+
+def create_app(config: ServerConfig, store: Store | None = None) -> ASGIApp:
+    """The server's ASGI app. Opens ``store`` (or one built from ``config.store_url``) on start-up.
+
+    The returned app is the FastAPI app wrapped in the size and API-key guards; the FastAPI app
+    itself is reachable as ``app.fastapi`` for tests and OpenAPI export.
+    """
+    store = store or Store(config.store_url)
+    signals = QueueSignals()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        watchdog = asyncio.create_task(_watchdog(store, signals, config.watchdog_interval_s))
+        try:
+            yield
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await store.close()
+
+    api = FastAPI(
+        title="agentbolt Lightning Server",
+        version=__version__,
+        description=(
+            "Rollout queue, OTLP/HTTP trace ingest and model-version records for agentbolt. "
+            'Errors are JSON: {"error": {"message", "type", "param", "code"}}.'
+        ),
+        lifespan=lifespan,
+    )
+    api.state.store = store
+    api.state.signals = signals
+    api.state.config = config
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(AgentboltError, _agentbolt_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+
+    @api.get("/health", response_model=Health, tags=["server"])
+    async def health() -> Health:
+        """Liveness: answers without an API key."""
+        return Health(version=__version__, store=store.backend, schema_version=SCHEMA_VERSION)
+
+    api.include_router(queue_router)
+    api.include_router(traces_router)
+
+    guarded: Any = BodyLimitGuard(api, config.max_body_bytes)
+    if config.api_key:
+        guarded = ApiKeyGuard(guarded, config.api_key)
+    guarded.fastapi = api
+    return guarded
+
+
+def app_from_env() -> ASGIApp:
+    """App factory for multi-process serving: reads the ServerConfig the CLI put in the environment."""
+    import os
+
+    return create_app(ServerConfig.model_validate_json(os.environ["AGENTBOLT_SERVER_CONFIG"]))

@@ -1,0 +1,249 @@
+"""The rollout queue API under ``/api``: enqueue, dequeue (long-poll), heartbeat, finish, query.
+
+Every handler awaits the store's commit before it returns, so a 2xx means the change is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from pydantic import BaseModel
+
+from agentbolt import semconv
+from agentbolt.errors import BadInput, NotFound
+from agentbolt.store import Store
+from agentbolt.types import (
+    AddSpansResult,
+    AttemptFinish,
+    Claim,
+    DequeueRequest,
+    HeartbeatRequest,
+    ModelVersion,
+    ModelVersionCreate,
+    Page,
+    RewardCreate,
+    Rollout,
+    RolloutCreate,
+    RolloutMode,
+    RolloutQuery,
+    RolloutStatus,
+    Span,
+    SpanIn,
+    WaitRequest,
+    WaitResult,
+    Worker,
+)
+
+router = APIRouter(prefix="/api", tags=["queue"])
+
+# Workers in other server processes (PostgreSQL) cannot signal us, so long-polls also re-check this often.
+_POLL_S = 0.5
+
+
+class QueueSignals:
+    """Wakes long-polling dequeues in this process when rollouts are (re)queued."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _json(model: BaseModel, status_code: int = 200) -> Response:
+    """Serialise a model straight to a response (hot routes skip FastAPI's re-validation of the result)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def _signals(request: Request) -> QueueSignals:
+    signals: QueueSignals = request.app.state.signals
+    return signals
+
+
+@router.post("/rollouts", response_model=Rollout, status_code=201)
+async def enqueue_rollout(request: Request, body: RolloutCreate) -> Rollout:
+    """Enqueue one rollout of a task."""
+    [rollout] = await _store(request).enqueue([body])
+    _signals(request).wake()
+    return rollout
+
+
+@router.post("/rollouts/batch", response_model=list[Rollout], status_code=201)
+async def enqueue_rollouts(
+    request: Request, body: Annotated[list[RolloutCreate], Body(max_length=10_000)]
+) -> list[Rollout]:
+    """Enqueue many rollouts in one transaction (all or none)."""
+    if not body:
+        raise BadInput("the batch is empty: send a JSON array of at least one rollout")
+    rollouts = await _store(request).enqueue(body)
+    _signals(request).wake()
+    return rollouts
+
+
+@router.get("/rollouts", response_model=Page[Rollout])
+async def list_rollouts(
+    request: Request,
+    status: Annotated[list[RolloutStatus] | None, Query()] = None,
+    mode: RolloutMode | None = None,
+    group_id: str | None = None,
+    rollout_id: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    with_attempts: bool = False,
+) -> Page[Rollout]:
+    """Query rollouts, oldest first, with filters and pagination."""
+    query = RolloutQuery(
+        status=status,
+        mode=mode,
+        group_id=group_id,
+        rollout_ids=rollout_id,
+        limit=limit,
+        offset=offset,
+        with_attempts=with_attempts,
+    )
+    return await _store(request).query_rollouts(query)
+
+
+@router.get("/rollouts/{rollout_id}", response_model=Rollout)
+async def get_rollout(request: Request, rollout_id: str) -> Rollout:
+    """One rollout with its attempts."""
+    return await _store(request).get_rollout(rollout_id, with_attempts=True)
+
+
+@router.post("/rollouts/{rollout_id}/cancel", response_model=Rollout)
+async def cancel_rollout(request: Request, rollout_id: str) -> Rollout:
+    """Cancel a queuing or running rollout."""
+    return await _store(request).cancel(rollout_id)
+
+
+@router.post("/rollouts/wait", response_model=WaitResult)
+async def wait_rollouts(request: Request, body: WaitRequest) -> WaitResult:
+    """Wait until the given rollouts are finished, or the timeout passes."""
+    return await _store(request).wait_for_rollouts(body.rollout_ids, body.timeout_s)
+
+
+@router.post(
+    "/dequeue",
+    response_model=Claim,
+    responses={204: {"description": "No rollout was queued within wait_s."}},
+)
+async def dequeue(request: Request, body: DequeueRequest) -> Response:
+    """Claim the oldest queued rollout: a new attempt is created and owned by ``worker_id``.
+
+    With ``wait_s`` > 0 the call long-polls until a rollout is queued or the wait ends (204).
+    """
+    store, signals = _store(request), _signals(request)
+    deadline = time.monotonic() + body.wait_s
+    while True:
+        claim = await store.dequeue(body.worker_id, body.modes)
+        if claim is not None:
+            return _json(claim)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(status_code=204)
+        await signals.wait(min(remaining, _POLL_S))
+
+
+@router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/heartbeat", status_code=204)
+async def heartbeat(
+    request: Request, rollout_id: str, attempt_id: str, body: HeartbeatRequest | None = None
+) -> Response:
+    """Tell the server the attempt's worker is alive (else the watchdog marks it unresponsive)."""
+    await _store(request).heartbeat(rollout_id, attempt_id, body.worker_id if body else None)
+    return Response(status_code=204)
+
+
+@router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/finish", response_model=Rollout)
+async def finish_attempt(request: Request, rollout_id: str, attempt_id: str, body: AttemptFinish) -> Response:
+    """End an attempt as succeeded or failed (with error details); the rollout moves on per its config."""
+    rollout = await _store(request).finish_attempt(rollout_id, attempt_id, body)
+    if rollout.status is RolloutStatus.QUEUING:
+        _signals(request).wake()
+    return _json(rollout)
+
+
+@router.get("/rollouts/{rollout_id}/spans", response_model=Page[Span])
+async def list_spans(
+    request: Request,
+    rollout_id: str,
+    attempt_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page[Span]:
+    """A rollout's spans, ordered by attempt and sequence id."""
+    store = _store(request)
+    await store.get_rollout(rollout_id, with_attempts=False)  # 404 for an unknown rollout
+    return await store.query_spans(rollout_id, attempt_id, limit=limit, offset=offset)
+
+
+@router.post("/rollouts/{rollout_id}/rewards", response_model=AddSpansResult, status_code=201)
+async def add_reward(request: Request, rollout_id: str, body: RewardCreate) -> AddSpansResult:
+    """Record a reward from outside the agent (e.g. a judge), stored as a reward span.
+
+    Without ``attempt_id`` it goes to the rollout's latest attempt.
+    """
+    store = _store(request)
+    attempt_id = body.attempt_id
+    if attempt_id is None:
+        rollout = await store.get_rollout(rollout_id, with_attempts=True)
+        if not rollout.attempts:
+            raise BadInput(f"rollout {rollout_id} has no attempt yet; a reward needs one")
+        attempt_id = rollout.attempts[-1].attempt_id
+    now = time.time_ns()
+    attributes: dict[str, object] = {
+        semconv.REWARD_VALUE: body.primary_value(),
+        semconv.REWARD_FINAL: body.final,
+    }
+    if body.dimensions:
+        attributes[semconv.REWARD_DIMENSIONS] = json.dumps(body.dimensions)
+    if body.primary:
+        attributes[semconv.REWARD_PRIMARY] = body.primary
+    span = SpanIn(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        trace_id=secrets.token_hex(16),
+        span_id=secrets.token_hex(8),
+        name=semconv.SPAN_REWARD,
+        start_time_ns=now,
+        end_time_ns=now,
+        attributes=attributes,
+    )
+    return await store.add_spans([span])
+
+
+@router.get("/workers", response_model=list[Worker])
+async def list_workers(request: Request) -> list[Worker]:
+    """Workers seen by this store, with what each is running."""
+    return await _store(request).list_workers()
+
+
+@router.post("/model-versions", response_model=ModelVersion, status_code=201, tags=["model"])
+async def add_model_version(request: Request, body: ModelVersionCreate) -> ModelVersion:
+    """Record that the engine now serves new weights (the trainer calls this after each update)."""
+    return await _store(request).add_model_version(body)
+
+
+@router.get("/model-versions/latest", response_model=ModelVersion, tags=["model"])
+async def latest_model_version(request: Request) -> ModelVersion:
+    """The newest model version record."""
+    latest = await _store(request).latest_model_version()
+    if latest is None:
+        raise NotFound("no model version has been recorded yet")
+    return latest

@@ -1,0 +1,61 @@
+"""OTLP/HTTP trace ingest: ``POST /v1/traces`` (protobuf or JSON, optionally gzip-compressed).
+
+Errors follow the OTLP spec: a 4xx whose body is a ``google.rpc.Status`` in the request's encoding
+(JSON requests and unreadable content types get JSON). A request is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request, Response
+from google.rpc import status_pb2
+
+from agentbolt.errors import AgentboltError, UnsupportedMediaType
+from agentbolt.server.otlp import decode_trace_request, decompress, encode_trace_response
+from agentbolt.store import Store
+
+router = APIRouter(tags=["traces"])
+
+_PROTOBUF = "application/x-protobuf"
+# google.rpc.Code values for the Status body.
+_RPC_CODE = {400: 3, 404: 5, 409: 9, 413: 8, 415: 3}
+
+
+def _status_response(exc: AgentboltError, content_type: str) -> Response:
+    code = _RPC_CODE.get(exc.http_status, 13)
+    if content_type.startswith(_PROTOBUF) and not isinstance(exc, UnsupportedMediaType):
+        body = status_pb2.Status(code=code, message=str(exc)).SerializeToString()
+        return Response(body, status_code=exc.http_status, media_type=_PROTOBUF)
+    payload = {"code": code, "message": str(exc), "error": {"message": str(exc), "type": exc.code}}
+    return Response(json.dumps(payload), status_code=exc.http_status, media_type="application/json")
+
+
+@router.post(
+    "/v1/traces",
+    responses={
+        200: {"description": "ExportTraceServiceResponse, in the request's encoding."},
+        400: {"description": "Malformed payload, bad ids, or a span without agentbolt.rollout_id."},
+        404: {"description": "A span names a rollout or attempt that does not exist."},
+        413: {"description": "Body (or its decompressed size) over the limit."},
+        415: {"description": "Content-Type is neither application/x-protobuf nor application/json."},
+    },
+)
+async def export_traces(request: Request) -> Response:
+    """Store spans sent by any OTLP/HTTP exporter.
+
+    Each span must carry ``agentbolt.rollout_id`` (and normally ``agentbolt.attempt_id``) as a
+    span or resource attribute; the agentbolt client sets both for every span inside an attempt.
+    """
+    content_type = request.headers.get("content-type", "")
+    try:
+        raw = await request.body()
+        body = decompress(raw, request.headers.get("content-encoding"), request.app.state.config.max_body_bytes)
+        spans = decode_trace_request(body, content_type)
+        store: Store = request.app.state.store
+        if spans:
+            await store.add_spans(spans)
+    except AgentboltError as exc:
+        return _status_response(exc, content_type)
+    payload, media_type = encode_trace_response(content_type)
+    return Response(payload, media_type=media_type)

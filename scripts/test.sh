@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# All set-up, then lint, type checks and the whole test suite (SQLite and PostgreSQL).
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k store -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev,postgres
+if [ -z "${AGENTBOLT_TEST_PG_URL:-}" ]; then
+  AGENTBOLT_TEST_PG_URL=$(bash scripts/postgres.sh | tail -n 1)
+  export AGENTBOLT_TEST_PG_URL
+fi
+echo "== ruff"
+.venv/bin/ruff check agentbolt tests benchmarks examples
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/pytest -q "$@"

@@ -1,0 +1,286 @@
+"""The queue API over real HTTP against a real server and SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from agentbolt.client import ServerClient
+from agentbolt.errors import IllegalTransition, NotFound
+from agentbolt.server.background import BackgroundServer
+from agentbolt.types import AttemptFinish, ErrorInfo, RolloutConfig, RolloutCreate, RolloutStatus
+
+
+def _enqueue(url: str, n: int = 1, **fields: object) -> list[dict]:
+    body = [{"input": {"i": i}, **fields} for i in range(n)]
+    r = httpx.post(f"{url}/api/rollouts/batch", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_health_reports_store_and_schema(server: BackgroundServer) -> None:
+    r = httpx.get(f"{server.url}/health")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+    assert r.json()["store"] == "sqlite"
+
+
+def test_openapi_schema_lists_the_queue_and_trace_routes(server: BackgroundServer) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for path in (
+        "/api/rollouts",
+        "/api/dequeue",
+        "/v1/traces",
+        "/api/rollouts/{rollout_id}/attempts/{attempt_id}/finish",
+    ):
+        assert path in paths
+
+
+def test_rollout_lifecycle_enqueue_dequeue_heartbeat_finish(server: BackgroundServer) -> None:
+    url = server.url
+    r = httpx.post(f"{url}/api/rollouts", json={"input": {"q": "2+2"}, "mode": "val", "group_id": "g1"})
+    assert r.status_code == 201
+    rollout = r.json()
+    assert rollout["status"] == "queuing"
+
+    claim = httpx.post(f"{url}/api/dequeue", json={"worker_id": "w1"}).json()
+    assert claim["rollout"]["rollout_id"] == rollout["rollout_id"]
+    assert claim["rollout"]["status"] == "running"
+    attempt = claim["attempt"]
+    base = f"{url}/api/rollouts/{rollout['rollout_id']}/attempts/{attempt['attempt_id']}"
+    assert httpx.post(f"{base}/heartbeat", json={"worker_id": "w1"}).status_code == 204
+
+    done = httpx.post(f"{base}/finish", json={"status": "succeeded", "reward": 0.5}).json()
+    assert done["status"] == "succeeded"
+    assert done["reward"] == 0.5
+    shown = httpx.get(f"{url}/api/rollouts/{rollout['rollout_id']}").json()
+    assert shown["attempts"][0]["status"] == "succeeded"
+    assert shown["attempts"][0]["worker_id"] == "w1"
+
+
+def test_failed_attempt_keeps_error_details(server: BackgroundServer) -> None:
+    [rollout] = _enqueue(server.url)
+    claim = httpx.post(f"{server.url}/api/dequeue", json={"worker_id": "w"}).json()
+    base = f"{server.url}/api/rollouts/{rollout['rollout_id']}/attempts/{claim['attempt']['attempt_id']}"
+    error = {"type": "ValueError", "message": "bad tool output", "traceback": "Traceback ..."}
+    done = httpx.post(f"{base}/finish", json={"status": "failed", "error": error}).json()
+    assert done["status"] == "failed"
+    shown = httpx.get(f"{server.url}/api/rollouts/{rollout['rollout_id']}").json()
+    assert shown["attempts"][0]["error"] == error
+
+
+def test_dequeue_long_poll_returns_as_soon_as_a_rollout_is_enqueued(server: BackgroundServer) -> None:
+    async def scenario() -> float:
+        async with ServerClient(server.url) as client:
+            waiter = asyncio.create_task(client.dequeue("w", wait_s=10))
+            await asyncio.sleep(0.3)
+            assert not waiter.done()
+            start = time.monotonic()
+            await client.enqueue([RolloutCreate(input=1)])
+            claim = await waiter
+            assert claim is not None
+            return time.monotonic() - start
+
+    # Outcome, not speed: the waiter got the rollout well before its 10 s wait ran out.
+    assert asyncio.run(scenario()) < 9
+
+
+def test_dequeue_without_work_answers_204_after_the_wait(server: BackgroundServer) -> None:
+    r = httpx.post(f"{server.url}/api/dequeue", json={"worker_id": "w", "wait_s": 0.2})
+    assert r.status_code == 204
+
+
+def test_concurrent_http_dequeue_never_double_assigns(server: BackgroundServer) -> None:
+    n = 120
+    _enqueue(server.url, n)
+
+    async def drain(client: ServerClient, worker: str) -> list[str]:
+        got = []
+        while (claim := await client.dequeue(worker)) is not None:
+            got.append(claim.rollout.rollout_id)
+        return got
+
+    async def scenario() -> list[list[str]]:
+        async with ServerClient(server.url) as client:
+            return await asyncio.gather(*(drain(client, f"w{i}") for i in range(16)))
+
+    results = asyncio.run(scenario())
+    claimed = [rid for worker in results for rid in worker]
+    assert len(claimed) == n
+    assert len(set(claimed)) == n
+
+
+def test_query_filters_and_pagination(server: BackgroundServer) -> None:
+    _enqueue(server.url, 5, mode="train", group_id="ga")
+    _enqueue(server.url, 3, mode="test", group_id="gb")
+    page = httpx.get(f"{server.url}/api/rollouts", params={"mode": "test"}).json()
+    assert page["total"] == 3 and {r["group_id"] for r in page["items"]} == {"gb"}
+    page = httpx.get(f"{server.url}/api/rollouts", params={"limit": 3, "offset": 3}).json()
+    assert page["total"] == 8 and len(page["items"]) == 3
+    page = httpx.get(f"{server.url}/api/rollouts", params={"status": ["queuing", "running"]}).json()
+    assert page["total"] == 8
+
+
+def test_wait_returns_finished_and_pending(server: BackgroundServer) -> None:
+    async def scenario() -> None:
+        async with ServerClient(server.url) as client:
+            a, b = await client.enqueue([RolloutCreate(input=1), RolloutCreate(input=2)])
+            claim = await client.dequeue("w")
+            assert claim is not None
+            await client.finish(claim.attempt, AttemptFinish(status="succeeded"))
+            result = await client.wait([a.rollout_id, b.rollout_id], timeout_s=0.3)
+            assert [r.rollout_id for r in result.finished] == [a.rollout_id]
+            assert result.pending == [b.rollout_id]
+
+    asyncio.run(scenario())
+
+
+def test_retry_after_failure_when_config_allows(server: BackgroundServer) -> None:
+    async def scenario() -> None:
+        async with ServerClient(server.url) as client:
+            config = RolloutConfig(max_attempts=2, retry_on=["failed"])
+            [rollout] = await client.enqueue([RolloutCreate(input=1, config=config)])
+            first = await client.dequeue("w")
+            assert first is not None
+            after = await client.finish(first.attempt, AttemptFinish(status="failed", error=ErrorInfo(type="E")))
+            assert after.status is RolloutStatus.QUEUING
+            second = await client.dequeue("w")
+            assert second is not None and second.attempt.number == 2
+            assert second.rollout.rollout_id == rollout.rollout_id
+            final = await client.finish(second.attempt, AttemptFinish(status="failed"))
+            assert final.status is RolloutStatus.FAILED
+
+    asyncio.run(scenario())
+
+
+def test_rewards_api_stores_a_reward_span(server: BackgroundServer) -> None:
+    [rollout] = _enqueue(server.url)
+    httpx.post(f"{server.url}/api/dequeue", json={"worker_id": "w"})
+    r = httpx.post(
+        f"{server.url}/api/rollouts/{rollout['rollout_id']}/rewards",
+        json={"dimensions": {"correct": 1.0, "format": 0.5}, "primary": "correct"},
+    )
+    assert r.status_code == 201, r.text
+    spans = httpx.get(f"{server.url}/api/rollouts/{rollout['rollout_id']}/spans").json()["items"]
+    assert [s["name"] for s in spans] == ["agentbolt.reward"]
+    assert spans[0]["attributes"]["agentbolt.reward.value"] == 1.0
+
+
+def test_model_versions_record_and_latest(server: BackgroundServer) -> None:
+    assert httpx.get(f"{server.url}/api/model-versions/latest").status_code == 404
+    for v in (0, 1):
+        r = httpx.post(f"{server.url}/api/model-versions", json={"version": v, "model": "smol"})
+        assert r.status_code == 201
+    assert httpx.get(f"{server.url}/api/model-versions/latest").json()["version"] == 1
+
+
+# -- bad input: each gets a 4xx JSON error naming the problem, and stores nothing ----------------
+
+
+def _assert_error(r: httpx.Response, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    message = r.json()["error"]["message"]
+    for word in words:
+        assert word in message, message
+
+
+def test_malformed_json_is_400_and_stores_nothing(server: BackgroundServer) -> None:
+    r = httpx.post(
+        f"{server.url}/api/rollouts/batch", content=b'[{"input": 1,', headers={"content-type": "application/json"}
+    )
+    _assert_error(r, 400, "not valid JSON")
+    assert httpx.get(f"{server.url}/api/rollouts").json()["total"] == 0
+
+
+def test_invalid_fields_are_422_naming_the_field(server: BackgroundServer) -> None:
+    r = httpx.post(f"{server.url}/api/rollouts", json={"input": 1, "mode": "bogus"})
+    _assert_error(r, 422, "mode")
+    r = httpx.post(f"{server.url}/api/rollouts", json={"input": 1, "config": {"max_attempts": 0}})
+    _assert_error(r, 422, "max_attempts")
+    r = httpx.post(f"{server.url}/api/rollouts", json={"mode": "train"})
+    _assert_error(r, 422, "input")
+    r = httpx.post(f"{server.url}/api/rollouts/batch", json=[{"input": 1}, {"input": 2, "unknown": True}])
+    _assert_error(r, 422, "unknown")
+    assert httpx.get(f"{server.url}/api/rollouts").json()["total"] == 0
+
+
+def test_unknown_ids_are_404(server: BackgroundServer) -> None:
+    _assert_error(httpx.get(f"{server.url}/api/rollouts/ro-nope"), 404, "ro-nope")
+    [rollout] = _enqueue(server.url)
+    r = httpx.post(
+        f"{server.url}/api/rollouts/{rollout['rollout_id']}/attempts/at-nope/finish", json={"status": "succeeded"}
+    )
+    _assert_error(r, 404, "at-nope")
+    r = httpx.post(f"{server.url}/api/rollouts/ro-nope/attempts/at-nope/heartbeat")
+    assert r.status_code == 404
+
+
+def test_illegal_status_transitions_are_409(server: BackgroundServer) -> None:
+    [rollout] = _enqueue(server.url)
+    claim = httpx.post(f"{server.url}/api/dequeue", json={"worker_id": "w"}).json()
+    base = f"{server.url}/api/rollouts/{rollout['rollout_id']}/attempts/{claim['attempt']['attempt_id']}"
+    assert httpx.post(f"{base}/finish", json={"status": "succeeded"}).status_code == 200
+    _assert_error(httpx.post(f"{base}/finish", json={"status": "failed"}), 409, "succeeded")
+    _assert_error(httpx.post(f"{base}/heartbeat"), 409)
+    _assert_error(httpx.post(f"{server.url}/api/rollouts/{rollout['rollout_id']}/cancel"), 409)
+
+
+def test_client_raises_typed_errors(server: BackgroundServer) -> None:
+    async def scenario() -> None:
+        async with ServerClient(server.url) as client:
+            with pytest.raises(NotFound):
+                await client.get_rollout("ro-missing")
+            await client.enqueue([RolloutCreate(input=1)])
+            claim = await client.dequeue("w")
+            assert claim is not None
+            await client.finish(claim.attempt, AttemptFinish(status="succeeded"))
+            with pytest.raises(IllegalTransition):
+                await client.finish(claim.attempt, AttemptFinish(status="succeeded"))
+
+    asyncio.run(scenario())
+
+
+def test_oversize_body_is_413_by_length_and_when_chunked(small_limit_server: BackgroundServer) -> None:
+    url = small_limit_server.url
+    big = [{"input": "x" * 1000} for _ in range(10)]
+    _assert_error(httpx.post(f"{url}/api/rollouts/batch", json=big), 413, "limit")
+
+    def chunks():  # no Content-Length: the body streams in chunked
+        yield b"["
+        for i in range(10):
+            yield (b"," if i else b"") + b'{"input": "' + b"x" * 1000 + b'"}'
+        yield b"]"
+
+    r = httpx.post(f"{url}/api/rollouts/batch", content=chunks(), headers={"content-type": "application/json"})
+    _assert_error(r, 413, "limit")
+    assert httpx.get(f"{url}/api/rollouts").json()["total"] == 0
+    # A body under the limit still goes through, chunked or not.
+    r = httpx.post(
+        f"{url}/api/rollouts/batch", content=iter([b'[{"input": 1}]']), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_unknown_route_is_a_json_404(server: BackgroundServer) -> None:
+    _assert_error(httpx.get(f"{server.url}/api/nothing-here"), 404)
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+
+def test_requests_without_the_key_are_refused_when_a_key_is_set(keyed_server: BackgroundServer) -> None:
+    url = keyed_server.url
+    assert httpx.get(f"{url}/health").status_code == 200  # liveness stays open
+    _assert_error(httpx.get(f"{url}/api/rollouts"), 401, "API key")
+    _assert_error(httpx.get(f"{url}/api/rollouts", headers={"Authorization": "Bearer wrong"}), 401)
+    _assert_error(httpx.post(f"{url}/v1/traces", content=b"", headers={"content-type": "application/x-protobuf"}), 401)
+    r = httpx.post(f"{url}/api/rollouts", json={"input": 1}, headers={"x-api-key": "wrong"})
+    assert r.status_code == 401
+    ok = httpx.get(f"{url}/api/rollouts", headers={"Authorization": f"Bearer {keyed_server.config.api_key}"})
+    assert ok.status_code == 200 and ok.json()["total"] == 0
+    ok = httpx.get(f"{url}/api/rollouts", headers={"X-API-Key": str(keyed_server.config.api_key)})
+    assert ok.status_code == 200
