@@ -197,7 +197,8 @@ async def list_spans(
 async def add_reward(request: Request, rollout_id: str, body: RewardCreate) -> AddSpansResult:
     """Record a reward from outside the agent (e.g. a judge), stored as a reward span.
 
-    Without ``attempt_id`` it goes to the rollout's latest attempt.
+    Without ``attempt_id`` it goes to the rollout's latest attempt. A final reward (the default)
+    also becomes the rollout's ``reward``.
     """
     store = _store(request)
     attempt_id = body.attempt_id
@@ -225,7 +226,7 @@ async def add_reward(request: Request, rollout_id: str, body: RewardCreate) -> A
         end_time_ns=now,
         attributes=attributes,
     )
-    return await store.add_spans([span])
+    return await store.add_reward(span, body.primary_value() if body.final else None)
 
 
 @router.get("/workers", response_model=list[Worker])

@@ -829,6 +829,21 @@ class Store:
         inserted = await self._run(partial(self._txn_add_spans, batch))
         return AddSpansResult(inserted=inserted, duplicates=len(spans_in) - inserted)
 
+    async def add_reward(self, span: SpanIn, final_value: float | None) -> AddSpansResult:
+        """Store a reward span; with ``final_value``, also make it the rollout's reward. One transaction."""
+        if span.rollout_id is None:
+            raise BadInput("a reward span needs a rollout id")
+        rollout_id = span.rollout_id
+
+        def txn(conn: Connection) -> int:
+            inserted = self._txn_add_spans([span], conn)
+            if final_value is not None:
+                conn.execute(sa.update(rollouts).where(rollouts.c.rollout_id == rollout_id).values(reward=final_value))
+            return inserted
+
+        inserted = await self._run(txn)
+        return AddSpansResult(inserted=inserted, duplicates=1 - inserted)
+
     def _txn_add_spans(self, batch: list[SpanIn], conn: Connection) -> int:
         rollout_level = sorted({s.rollout_id for s in batch if s.rollout_id is not None and s.attempt_id is None})
         attempt_ids = sorted({s.attempt_id for s in batch if s.attempt_id is not None})

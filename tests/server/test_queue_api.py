@@ -167,6 +167,20 @@ def test_rewards_api_stores_a_reward_span(server: BackgroundServer) -> None:
     spans = httpx.get(f"{server.url}/api/rollouts/{rollout['rollout_id']}/spans").json()["items"]
     assert [s["name"] for s in spans] == ["agentbolt.reward"]
     assert spans[0]["attributes"]["agentbolt.reward.value"] == 1.0
+    assert httpx.get(f"{server.url}/api/rollouts/{rollout['rollout_id']}").json()["reward"] == 1.0
+    r = httpx.post(f"{server.url}/api/rollouts/{rollout['rollout_id']}/rewards", json={"value": 0.2, "final": False})
+    assert r.status_code == 201
+    assert httpx.get(f"{server.url}/api/rollouts/{rollout['rollout_id']}").json()["reward"] == 1.0
+
+
+def test_reward_for_an_unknown_attempt_is_404(server: BackgroundServer) -> None:
+    [rollout] = _enqueue(server.url)
+    r = httpx.post(
+        f"{server.url}/api/rollouts/{rollout['rollout_id']}/rewards", json={"value": 1, "attempt_id": "at-x"}
+    )
+    _assert_error(r, 404, "at-x")
+    r = httpx.post(f"{server.url}/api/rollouts/{rollout['rollout_id']}/rewards", json={"value": 1})
+    _assert_error(r, 400, "no attempt")
 
 
 def test_model_versions_record_and_latest(server: BackgroundServer) -> None:
