@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
@@ -253,10 +254,7 @@ def enqueue(
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"{tasks}:{lineno} is not JSON: {exc}", param_hint="TASKS") from exc
         group = f"{tasks.stem}-{lineno}"
-        creates += [
-            RolloutCreate(input=task, mode=mode, group_id=group, config=config)
-            for _ in range(group_size)
-        ]
+        creates += [RolloutCreate(input=task, mode=mode, group_id=group, config=config) for _ in range(group_size)]
     if not creates:
         raise click.BadParameter(f"{tasks} has no tasks", param_hint="TASKS")
 
@@ -303,11 +301,13 @@ def list_rollouts(
                 limit=limit,
                 offset=offset,
             )
-        table = Table(title=f"rollouts {offset + 1}-{offset + len(page.items)} of {page.total}")
-        table.add_column("rollout", no_wrap=True)
-        for col in ("status", "mode", "group", "attempts", "reward"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("input", no_wrap=True, overflow="ellipsis", max_width=50)
+        table = Table(title=f"rollouts {offset + 1}-{offset + len(page.items)} of {page.total}", box=box.SIMPLE_HEAD)
+        # Ids and statuses keep their full width; the input takes what is left of the terminal.
+        fixed = (("rollout", 19), ("status", 9), ("mode", 5), ("group", 10), ("try", 3), ("reward", 6))
+        for col, width in fixed:
+            table.add_column(col, no_wrap=True, width=width, overflow="ellipsis")
+        spare = console.width - sum(w for _, w in fixed) - 3 * (len(fixed) + 1)
+        table.add_column("input", no_wrap=True, overflow="ellipsis", width=max(spare, 8))
         for r in page.items:
             table.add_row(
                 r.rollout_id,
