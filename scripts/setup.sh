@@ -11,5 +11,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+if [[ ",${extras}," == *",train,"* ]] && ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  # Pinned first, on purpose: left to resolve `torch>=2.3` itself, pip would pull the CUDA build and
+  # its GBs of nvidia-* wheels; 2.13.0 is the CPU wheel this project is tested with.
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+fi
 .venv/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"
 .venv/bin/python -c 'import agentbolt' >/dev/null

@@ -1,0 +1,23 @@
+"""The embedded inference engine: the policy model served with dynamic batching and weight hot-swap.
+
+Needs the ``train`` extra (PyTorch, transformers). Importing this package imports torch.
+"""
+
+from agentbolt.engine.engine import Engine, EngineClosed
+from agentbolt.engine.model_files import (
+    ModelUnavailable,
+    demo_model_path,
+    load_tokenizer_and_model,
+    save_checkpoint,
+    tiny_random_model,
+)
+
+__all__ = [
+    "Engine",
+    "EngineClosed",
+    "ModelUnavailable",
+    "demo_model_path",
+    "load_tokenizer_and_model",
+    "save_checkpoint",
+    "tiny_random_model",
+]

@@ -1,0 +1,425 @@
+"""The embedded inference engine: dynamic batching over one PyTorch model, with weight hot-swap.
+
+One background thread owns the model. ``Engine.generate`` (asyncio) puts a request on a queue and
+awaits its result. The thread takes the first queued request, waits ``batch_wait_s`` for more to
+arrive (up to ``max_batch_size``), left-pads the prompts into one batch and decodes it step by step
+with the KV cache: each step samples one token for every unfinished sequence, each with its own
+temperature, top-p, stop ids, length limit and random generator. Finished sequences are dropped from
+the cache so the batch shrinks as it goes. Requests arriving meanwhile join the next batch.
+
+Weight updates travel on the same queue, so they are ordered with the requests: a request submitted
+before ``update_weights`` runs on the old weights, one submitted after runs on the new ones, and a batch
+never mixes versions. Every result names the model version it ran on.
+
+Logprobs (what RL needs from the behaviour policy): ``log_softmax(logits / temperature)`` of the sampled
+token, i.e. the temperature-scaled distribution *before* top-p truncation (a trainer can recompute it
+from logits alone); for greedy decoding (temperature 0), ``log_softmax(logits)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from agentbolt.errors import AgentboltError, BadInput
+from agentbolt.types import GenerationRequest, GenerationResult, GenerationTimings, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+class EngineClosed(AgentboltError):
+    """The engine was closed; it takes no more requests."""
+
+    http_status = 503
+    code = "engine_closed"
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    future: asyncio.Future[GenerationResult]
+    loop: asyncio.AbstractEventLoop
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _WeightsUpdate:
+    state_dict: dict[str, torch.Tensor]
+    version: int
+    done: concurrent.futures.Future[int] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class _Sequence:
+    """Decoding state of one request inside a batch."""
+
+    job: _Job
+    generator: torch.Generator | None
+    stop_ids: frozenset[int]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[TokenLogprob]] = field(default_factory=list)
+    finish_reason: str | None = None
+    finished_at: float = 0.0
+
+
+class Engine:
+    """Serves generation requests from one model, batching the ones that arrive together.
+
+    Args:
+        model: a transformers causal LM (eval mode); moved to ``device``.
+        tokenizer: its tokenizer (for chat templates and end-of-turn ids).
+        device: ``"cpu"``, ``"cuda"``...; default the first CUDA GPU if there is one, else the CPU.
+        model_version: version of the weights ``model`` holds now.
+        max_batch_size: most sequences decoded together.
+        batch_wait_s: how long the first request of a batch waits for others to join it.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str | None = None,
+        model_version: int = 0,
+        max_batch_size: int = 32,
+        batch_wait_s: float = 0.005,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self._version = model_version
+        config = model.config
+        self.vocab_size: int = config.vocab_size
+        self.max_context: int = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        self.eos_token_ids = frozenset(_eos_ids(model, tokenizer))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids, default=0)
+        self.pad_token_id: int = int(pad)
+        # transformers renamed `past_key_values` to `cache` (5.x); prefill needs only the last position's logits.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._queue: queue.Queue[_Job | _WeightsUpdate | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def load(cls, spec: str, **kwargs: Any) -> Engine:
+        """An engine over the model named by ``spec`` (see :func:`load_tokenizer_and_model`)."""
+        from agentbolt.engine.model_files import load_tokenizer_and_model
+
+        tokenizer, model = load_tokenizer_and_model(spec)
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def model_version(self) -> int:
+        """Version of the weights the next batch will run on, once pending updates are applied."""
+        return self._version
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> list[int]:
+        """Prompt token ids for a chat (``[{"role": ..., "content": ...}, ...]``), ready for the reply."""
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, **kwargs)
+        if isinstance(ids, Mapping) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Raise :class:`BadInput` when ``request`` cannot run on this model."""
+        n = len(request.prompt_token_ids)
+        if n + request.max_new_tokens > self.max_context:
+            raise BadInput(
+                f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds the model's context "
+                f"length of {self.max_context} tokens: shorten the prompt or lower max_new_tokens"
+            )
+        bad = [t for t in request.prompt_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise BadInput(f"prompt_token_ids holds ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Generate a response to ``request``, batched with whatever other requests are in flight.
+
+        Raises:
+            BadInput: the request does not fit the model (context length, token ids).
+            EngineClosed: :meth:`close` was called.
+        """
+        self.check_request(request)
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        job = _Job(request=request, future=loop.create_future(), loop=loop)
+        self._queue.put(job)
+        return await job.future
+
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> concurrent.futures.Future[int]:
+        """Replace the model's weights with ``state_dict`` (a full state dict) as model ``version``.
+
+        The tensors are copied now, so the caller may go on changing its own. The swap happens
+        between batches: requests submitted before this call finish on the old weights, requests
+        submitted after it run on the new ones. Returns a future that resolves to ``version``
+        once the new weights are in place.
+
+        Raises:
+            BadInput: keys or shapes do not match the model's.
+        """
+        own = self.model.state_dict()
+        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        missing = set(own) - set(state_dict) - tied
+        unexpected = set(state_dict) - set(own)
+        wrong = [k for k in state_dict if k in own and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or wrong:
+            raise BadInput(
+                f"state dict does not fit the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}, wrong shape {wrong[:5]}"
+            )
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        update = _WeightsUpdate({k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}, version)
+        self._ensure_started()
+        self._queue.put(update)
+        return update.done
+
+    def close(self) -> None:
+        """Stop the batch thread after the work already queued; later requests raise EngineClosed."""
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the batch thread ----------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="agentbolt-engine", daemon=True)
+                self._thread.start()
+
+    def _serve(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            if item is None:
+                break
+            if isinstance(item, _WeightsUpdate):
+                self._apply(item)
+                continue
+            jobs, after = [item], None
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(jobs) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                if isinstance(nxt, _WeightsUpdate):
+                    after = nxt  # requests queued after it must see the new weights: close the batch
+                    break
+                jobs.append(nxt)
+            self._run_batch([j for j in jobs if not j.future.cancelled()])
+            if after is not None:
+                self._apply(after)
+        self._fail_queued()
+
+    def _apply(self, update: _WeightsUpdate) -> None:
+        try:
+            with torch.no_grad():
+                self.model.load_state_dict(update.state_dict, strict=False)
+            self._version = update.version
+            log.info("engine now serves model version %d", update.version)
+            update.done.set_result(update.version)
+        except Exception as exc:
+            log.exception("weight update to version %d failed", update.version)
+            update.done.set_exception(exc)
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Job):
+                _deliver(item, EngineClosed("the engine was closed before this request ran"))
+            elif isinstance(item, _WeightsUpdate):
+                item.done.set_exception(EngineClosed("the engine was closed before the update was applied"))
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        started = time.monotonic()
+        try:
+            seqs = self._decode(jobs)
+        except Exception as exc:
+            log.exception("batch of %d failed", len(jobs))
+            for job in jobs:
+                _deliver(job, exc)
+            return
+        for seq in seqs:
+            req = seq.job.request
+            result = GenerationResult(
+                response_token_ids=seq.tokens,
+                logprobs=seq.logprobs,
+                top_logprobs=seq.top if req.top_logprobs else None,
+                finish_reason="stop" if seq.finish_reason == "stop" else "length",
+                model_version=self._version,
+                timings=GenerationTimings(
+                    queued_s=started - seq.job.submitted,
+                    generation_s=seq.finished_at - started,
+                    batch_size=len(jobs),
+                ),
+            )
+            _deliver(seq.job, result)
+
+    @torch.inference_mode()
+    def _decode(self, jobs: list[_Job]) -> list[_Sequence]:
+        seqs = [
+            _Sequence(
+                job=job,
+                generator=_generator(job.request, self.device),
+                stop_ids=self.eos_token_ids | frozenset(job.request.stop_token_ids),
+            )
+            for job in jobs
+        ]
+        # Prefill: prompts left-padded to one length; positions count real tokens only.
+        width = max(len(j.request.prompt_token_ids) for j in jobs)
+        ids = torch.full((len(jobs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, job in enumerate(jobs):
+            prompt = job.request.prompt_token_ids
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._last_logits_only
+        )
+        cache, logits = _cache_of(out), out.logits[:, -1, :].float()  # logits: (active, vocab)
+        next_pos = mask.sum(-1)  # (active,)
+        active = list(range(len(seqs)))  # cache row -> index into seqs
+        while True:
+            tokens = self._sample(logits, [seqs[i] for i in active])  # (active,)
+            now = time.monotonic()
+            keep: list[int] = []
+            for row, i in enumerate(active):
+                seq, token = seqs[i], int(tokens[row])
+                if token in seq.stop_ids:
+                    seq.finish_reason = "stop"
+                elif len(seq.tokens) >= seq.job.request.max_new_tokens or seq.job.future.cancelled():
+                    seq.finish_reason = "length"
+                if seq.finish_reason is None:
+                    keep.append(row)
+                else:
+                    seq.finished_at = now
+            if not keep:
+                return seqs
+            if len(keep) < len(active):  # drop finished sequences from the batch and its KV cache
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
+                active = [active[r] for r in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
+            cache, logits = _cache_of(out), out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+
+    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> torch.Tensor:
+        """Pick one token per row and record its logprob (and alternatives) on its sequence."""
+        temps = torch.tensor(
+            [s.job.request.temperature or 1.0 for s in seqs], device=logits.device, dtype=logits.dtype
+        )
+        logp = torch.log_softmax(logits / temps[:, None], dim=-1)  # (rows, vocab)
+        tokens = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
+        for row, seq in enumerate(seqs):
+            req = seq.job.request
+            if req.temperature == 0:
+                token = int(torch.argmax(logits[row]))
+            else:
+                token = _sample_top_p(logp[row], req.top_p, seq.generator)
+            tokens[row] = token
+            seq.tokens.append(token)
+            seq.logprobs.append(float(logp[row, token]))
+            if req.top_logprobs:
+                values, ids = torch.topk(logp[row], req.top_logprobs)
+                seq.top.append(
+                    [TokenLogprob(token_id=int(t), logprob=float(v)) for t, v in zip(ids, values, strict=True)]
+                )
+        return tokens
+
+
+def _sample_top_p(logp: torch.Tensor, top_p: float, generator: torch.Generator | None) -> int:
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # tokens after the nucleus is full
+        sorted_probs[outside] = 0.0
+        pick = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[pick])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _generator(request: GenerationRequest, device: torch.device) -> torch.Generator | None:
+    if request.temperature == 0:
+        return None
+    seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _deliver(job: _Job, outcome: GenerationResult | BaseException) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the caller's event loop is gone; nobody is waiting
+        log.debug("dropped a result: its event loop is closed")

