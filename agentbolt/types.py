@@ -407,3 +407,9 @@ class GenerationResult(_Model):
     finish_reason: Literal["stop", "length"]
     model_version: int
     timings: GenerationTimings
+    token_source: Literal["engine", "retokenized"] = Field(
+        default="engine", description="engine: ids came from the engine; retokenized: from tokenizing its text."
+    )
+    token_drift: int | None = Field(
+        default=None, description="When retokenized: |len(ids) - tokens the engine reported|, if it reported any."
+    )
