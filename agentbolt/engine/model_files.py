@@ -82,8 +82,9 @@ def load_tokenizer_and_model(spec: str) -> tuple[Any, Any]:
     """Load ``(tokenizer, model)`` on the CPU in float32, in eval mode.
 
     Args:
-        spec: ``"demo"`` (the demo SmolLM2 model), a path to a ``.gguf`` file, a local directory
-            in Hugging Face layout, or a Hugging Face hub id (needs the hub to be reachable).
+        spec: ``"demo"`` (the demo SmolLM2 model), ``"tiny"`` (a tiny random model over the demo
+            model's tokenizer: fast, for tests), a path to a ``.gguf`` file, a local directory in
+            Hugging Face layout, or a Hugging Face hub id (needs the hub to be reachable).
 
     Raises:
         ModelUnavailable: the files could not be found or read.
@@ -92,6 +93,10 @@ def load_tokenizer_and_model(spec: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {}
+    if spec == "tiny":
+        path = demo_model_path()
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return tokenizer, tiny_random_model(tokenizer)
     if spec == "demo":
         path = demo_model_path()
         source, kwargs["gguf_file"] = str(path.parent), path.name

@@ -16,6 +16,10 @@ from starlette.types import ASGIApp
 
 from agentbolt import __version__
 from agentbolt.errors import AgentboltError
+from agentbolt.gateway.backend import Backend, backend_from_config
+from agentbolt.gateway.calls import Gateway
+from agentbolt.gateway.routes import openapi_schemas
+from agentbolt.gateway.routes import router as gateway_router
 from agentbolt.server.guards import ApiKeyGuard, BodyLimitGuard, error_body
 from agentbolt.server.queue import QueueSignals
 from agentbolt.server.queue import router as queue_router
@@ -69,25 +73,34 @@ def _agentbolt_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.code), status_code=exc.http_status)
 
 
-def create_app(config: ServerConfig, store: Store | None = None) -> ASGIApp:
+def create_app(config: ServerConfig, store: Store | None = None, backend: Backend | None = None) -> ASGIApp:
     """The server's ASGI app. Opens ``store`` (or one built from ``config.store_url``) on start-up.
+
+    With a ``backend`` the app also serves the OpenAI-compatible gateway (``/v1/chat/completions``...)
+    and records its calls as spans; shutting down writes every pending span. The backend stays the
+    caller's to close.
 
     The returned app is the FastAPI app wrapped in the size and API-key guards; the FastAPI app
     itself is reachable as ``app.fastapi`` for tests and OpenAPI export.
     """
     store = store or Store(config.store_url)
     signals = QueueSignals()
+    gateway = Gateway(backend, store, config) if backend is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
         watchdog = asyncio.create_task(_watchdog(store, signals, config.watchdog_interval_s))
+        if gateway is not None:
+            gateway.start()
         try:
             yield
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
+            if gateway is not None:
+                await gateway.aclose()  # pending LLM-call spans are written before the store closes
             await store.close()
 
     api = FastAPI(
@@ -102,6 +115,7 @@ def create_app(config: ServerConfig, store: Store | None = None) -> ASGIApp:
     api.state.store = store
     api.state.signals = signals
     api.state.config = config
+    api.state.gateway = gateway
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(AgentboltError, _agentbolt_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
@@ -113,6 +127,9 @@ def create_app(config: ServerConfig, store: Store | None = None) -> ASGIApp:
 
     api.include_router(queue_router)
     api.include_router(traces_router)
+    if gateway is not None:
+        api.include_router(gateway_router)
+        _add_schemas(api, openapi_schemas())
 
     guarded: Any = BodyLimitGuard(api, config.max_body_bytes)
     if config.api_key:
@@ -121,8 +138,27 @@ def create_app(config: ServerConfig, store: Store | None = None) -> ASGIApp:
     return guarded
 
 
+def _add_schemas(api: FastAPI, schemas: dict[str, Any]) -> None:
+    """Put ``schemas`` into the OpenAPI components (for bodies the routes parse themselves)."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            api.openapi_schema = document
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
 def app_from_env() -> ASGIApp:
-    """App factory for multi-process serving: reads the ServerConfig the CLI put in the environment."""
+    """App factory for multi-process serving: reads the ServerConfig the CLI put in the environment.
+
+    Each process builds its own gateway backend from the config (upstream engines only: the CLI
+    refuses an embedded engine with several processes).
+    """
     import os
 
-    return create_app(ServerConfig.model_validate_json(os.environ["AGENTBOLT_SERVER_CONFIG"]))
+    config = ServerConfig.model_validate_json(os.environ["AGENTBOLT_SERVER_CONFIG"])
+    return create_app(config, backend=backend_from_config(config))

@@ -9,6 +9,7 @@ from types import TracebackType
 
 import uvicorn
 
+from agentbolt.gateway.backend import Backend
 from agentbolt.server.app import create_app
 from agentbolt.types import ServerConfig
 
@@ -23,14 +24,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class BackgroundServer:
     """A real uvicorn server on its own thread and event loop. Use as a context manager.
 
-    Port 0 in the config picks a free port; ``url`` is the address to reach it at.
+    Port 0 in the config picks a free port; ``url`` is the address to reach it at. With a ``backend``
+    the server also runs the OpenAI-compatible gateway on it (the backend stays the caller's to close).
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
         if config.port == 0:
             config = config.model_copy(update={"port": free_port(config.host)})
         self.config = config
-        self.app = create_app(config)
+        self.app = create_app(config, backend=backend)
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host=config.host, port=config.port, log_level="warning", access_log=False)
         )

@@ -172,8 +172,17 @@ async def heartbeat(
 
 @router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/finish", response_model=Rollout)
 async def finish_attempt(request: Request, rollout_id: str, attempt_id: str, body: AttemptFinish) -> Response:
-    """End an attempt as succeeded or failed (with error details); the rollout moves on per its config."""
+    """End an attempt as succeeded or failed (with error details); the rollout moves on per its config.
+
+    The gateway's LLM-call spans of the attempt still waiting for their batched write are stored first,
+    so a finished rollout's spans are all there.
+    """
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is not None:
+        await gateway.recorder.flush(attempt_id)
     rollout = await _store(request).finish_attempt(rollout_id, attempt_id, body)
+    if gateway is not None:
+        gateway.attempt_finished(rollout_id, attempt_id)
     if rollout.status is RolloutStatus.QUEUING:
         _signals(request).wake()
     return _json(rollout)

@@ -1,0 +1,316 @@
+"""`agentbolt train`: the embedded default — server, engine, workers and trainer in one command.
+
+One step of the loop, top to bottom (synchronous on-policy by default):
+
+1. draw ``tasks_per_step`` training tasks; enqueue ``group_size`` rollouts of each (one GRPO group);
+2. worker processes (``agentbolt worker``) run the user's agent on them; its LLM calls go through the
+   server's gateway to the embedded engine, which records every call as a span;
+3. wait for the rollouts to finish, read their spans back over the API;
+4. ``prepare_batch``: spans → transitions → AIR + credit → advantages → samples;
+5. ``Trainer.step``: one policy update; the new weights go to the engine (model version + 1);
+6. log metrics (console, JSONL, TensorBoard); validate every ``val_every`` steps.
+
+With ``max_staleness = k > 0`` the rollouts of the next steps are enqueued before the current update,
+so collection and training overlap; a batch is always trained on weights at most ``k`` versions newer
+than the ones it was enqueued under, and samples older than that are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import importlib
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentbolt.client.http import ServerClient
+from agentbolt.errors import BadInput
+from agentbolt.types import (
+    ModelVersionCreate,
+    Rollout,
+    RolloutConfig,
+    RolloutCreate,
+    ServerConfig,
+    Span,
+    TaskSource,
+    TrainConfig,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_tasks(source: TaskSource, base_dir: Path) -> list[Any]:
+    """The tasks of one split, from a JSONL file or a function.
+
+    Raises:
+        BadInput: the file is missing or has a bad line, the function cannot be imported, or it
+            returns something other than a non-empty list.
+    """
+    if source.file is not None:
+        path = (base_dir / source.file).expanduser()
+        if not path.is_file():
+            raise BadInput(f"task file {path} does not exist")
+        tasks = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                tasks.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path}:{number} is not valid JSON: {exc}") from exc
+    else:
+        assert source.function is not None
+        fn = import_function(source.function, "task function")
+        tasks = fn(**source.kwargs)
+        if not isinstance(tasks, list):
+            raise BadInput(f"{source.function} returned {type(tasks).__name__}; it must return a list of tasks")
+    if source.limit is not None:
+        tasks = tasks[: source.limit]
+    if not tasks:
+        raise BadInput(f"no tasks in {source.file or source.function}")
+    return tasks
+
+
+def import_function(spec: str, what: str) -> Any:
+    """Import ``MODULE:NAME`` (the current directory is on the import path)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInput(f"{what} {spec!r} should be MODULE:NAME, e.g. examples.calculator.agent:solve")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInput(f"cannot import {module_name!r} for the {what}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise BadInput(f"module {module_name!r} has no {attr!r} (the {what})") from None
+
+
+@dataclass
+class _Batch:
+    """Rollouts enqueued for one training step, and the model version they were enqueued under."""
+
+    step: int
+    rollout_ids: list[str]
+    enqueued_version: int
+    enqueued_at: float
+
+
+class TrainingRun:
+    """One `agentbolt train` run. Use :meth:`run`; see the module docstring for the loop."""
+
+    def __init__(self, config: TrainConfig, base_dir: Path | None = None, console: Any | None = None) -> None:
+        self.config = config
+        self.base_dir = base_dir or Path.cwd()
+        self.run_dir = self.base_dir / (config.run_dir or f"runs/{config.name}")
+        self.console = console
+        self._rng = random.Random(config.seed)
+        self.train_tasks = load_tasks(config.train_tasks, self.base_dir)
+        self.val_tasks = load_tasks(config.val_tasks, self.base_dir) if config.val_tasks else []
+        import_function(config.agent, "agent")  # fail now, not inside a worker process
+
+    def run(self) -> dict[str, Any]:
+        """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
+        from agentbolt.engine import Engine, load_tokenizer_and_model
+        from agentbolt.gateway.backend import EngineBackend
+        from agentbolt.server.background import BackgroundServer
+        from agentbolt.trainer.checkpoint import list_checkpoints
+        from agentbolt.trainer.metrics import MetricsLog, write_reward_curve
+        from agentbolt.trainer.trainer import Trainer
+
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+        started = time.monotonic()
+
+        tokenizer, model = load_tokenizer_and_model(cfg.model)
+        engine = Engine(
+            copy.deepcopy(model),
+            tokenizer,
+            device=cfg.engine.device,
+            max_batch_size=cfg.engine.max_batch_size,
+            batch_wait_s=cfg.engine.batch_wait_s,
+        )
+        backend = EngineBackend(engine, cfg.served_model_name)
+        server_config = ServerConfig(port=0, store_url=f"sqlite+aiosqlite:///{self.run_dir / 'agentbolt.db'}")
+        with BackgroundServer(server_config, backend=backend) as server, self._workers(server.url) as workers:
+            self.server_url = server.url
+            trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss, engine=engine)
+            ckpt_dir = self.run_dir / "checkpoints"
+            resume_step = None
+            if cfg.resume and list_checkpoints(ckpt_dir):
+                resume_step = trainer.resume(ckpt_dir).step
+            metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, resume_step=resume_step)
+            try:
+                summary = asyncio.run(self._loop(trainer, engine, metrics, workers))
+                summary["checkpoint"] = str(trainer.save(ckpt_dir))
+            finally:
+                metrics.close()
+        engine.close()
+        curve = write_reward_curve(metrics.history, self.run_dir / "reward_curve.png")
+        summary.update(wall_clock_s=time.monotonic() - started, run_dir=str(self.run_dir), reward_curve=str(curve))
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _loop(
+        self, trainer: Any, engine: Any, metrics: Any, workers: list[subprocess.Popen[bytes]]
+    ) -> dict[str, Any]:
+        from agentbolt.trainer.batch import prepare_batch
+
+        cfg = self.config
+        summary: dict[str, Any] = {"steps": 0}
+        async with ServerClient(self.server_url) as client:
+            await client.add_model_version(
+                ModelVersionCreate(version=engine.model_version, model=cfg.served_model_name)
+            )
+            first_step = trainer.steps_done
+            if self.val_tasks:
+                val = await self._validate(client)
+                summary["val_before"] = val
+                metrics.log(first_step, {f"val/{k}": v for k, v in val.items()})
+            pending: list[_Batch] = []
+            for step in range(first_step, cfg.steps):
+                while len(pending) < 1 + cfg.max_staleness and step + len(pending) < cfg.steps:
+                    pending.append(await self._enqueue_step(client, step + len(pending), engine.model_version))
+                batch = pending.pop(0)
+                collect_started = time.monotonic()
+                rollouts, spans = await self._collect(client, batch.rollout_ids, workers)
+                collect_s = time.monotonic() - collect_started
+                samples, report = prepare_batch(rollouts, spans, cfg.rl)
+                fresh = [s for s in samples if _lag(s, engine.model_version) <= cfg.max_staleness]
+                stale, samples = len(samples) - len(fresh), fresh
+                row: dict[str, float] = dict(report.metrics())
+                row.update({"collect_s": collect_s, "transitions/dropped/stale": float(stale)})
+                if samples:
+                    train_started = time.monotonic()
+                    row.update(trainer.step(samples))
+                    row["train_s"] = time.monotonic() - train_started
+                    await client.add_model_version(
+                        ModelVersionCreate(version=engine.model_version, model=cfg.served_model_name)
+                    )
+                else:
+                    row["skipped_update"] = 1.0  # every group was uninformative: nothing to learn from
+                row["model_version"] = float(engine.model_version)
+                last = step + 1 == cfg.steps
+                if self.val_tasks and (last or (cfg.val_every and (step + 1) % cfg.val_every == 0)):
+                    val = await self._validate(client)
+                    row.update({f"val/{k}": v for k, v in val.items()})
+                    summary["val_after"] = val
+                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                    trainer.save(self.run_dir / "checkpoints")
+                metrics.log(step + 1, row)
+                self._show(step + 1, row)
+                summary["steps"] = step + 1
+        return summary
+
+    async def _enqueue_step(self, client: ServerClient, step: int, version: int) -> _Batch:
+        cfg = self.config
+        tasks = self._rng.sample(self.train_tasks, min(cfg.tasks_per_step, len(self.train_tasks)))
+        creates = [
+            RolloutCreate(
+                input=task,
+                mode="train",
+                group_id=f"step{step}-task{i}",
+                config=RolloutConfig(timeout_s=cfg.rollout_timeout_s),
+                metadata={"step": step},
+            )
+            for i, task in enumerate(tasks)
+            for _ in range(cfg.group_size)
+        ]
+        rollouts = await client.enqueue(creates)
+        return _Batch(step, [r.rollout_id for r in rollouts], version, time.monotonic())
+
+    async def _collect(
+        self, client: ServerClient, rollout_ids: list[str], workers: list[subprocess.Popen[bytes]]
+    ) -> tuple[list[Rollout], dict[str, list[Span]]]:
+        """Wait for the rollouts to finish; return them with their spans."""
+        remaining = list(rollout_ids)
+        deadline = time.monotonic() + self.config.rollout_timeout_s * 3 + 60
+        while remaining:
+            dead = [w for w in workers if w.poll() is not None]
+            if dead:
+                raise RuntimeError(
+                    f"{len(dead)} worker process(es) exited (status {dead[0].returncode}); "
+                    f"see {self.run_dir / 'workers.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(remaining)} rollouts did not finish in time; see {self.run_dir / 'workers.log'}"
+                )
+            result = await client.wait(remaining, timeout_s=5.0)
+            remaining = result.pending
+        # With their attempts: the adapter needs to know which attempt ended the rollout, and how.
+        rollouts = [await client.get_rollout(i) for i in rollout_ids]
+        spans = {r.rollout_id: await client.all_spans(r.rollout_id) for r in rollouts}
+        return rollouts, spans
+
+    async def _validate(self, client: ServerClient) -> dict[str, float]:
+        """Run every validation task once; mean reward and accuracy (share at or above the threshold)."""
+        creates = [
+            RolloutCreate(input=task, mode="val", config=RolloutConfig(timeout_s=self.config.rollout_timeout_s))
+            for task in self.val_tasks
+        ]
+        ids = [r.rollout_id for r in await client.enqueue(creates)]
+        rollouts, _ = await self._collect(client, ids, self._worker_procs)
+        rewards = [r.reward if r.reward is not None else 0.0 for r in rollouts]
+        return {
+            "reward_mean": sum(rewards) / len(rewards),
+            "accuracy": sum(r >= self.config.val_success_threshold for r in rewards) / len(rewards),
+            "n": float(len(rewards)),
+        }
+
+    # --- workers and display ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _workers(self, server_url: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+        """Start the worker processes (``agentbolt worker``); stop them on exit."""
+        cfg = self.config
+        logfile = (self.run_dir / "workers.log").open("ab")
+        cmd = [
+            sys.executable, "-m", "agentbolt", "worker", cfg.agent,
+            "--server", server_url, "-n", str(cfg.worker_concurrency), "--model", cfg.served_model_name,
+        ]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [*cmd, "--worker-id", f"{cfg.name}-w{i}"], cwd=self.base_dir, stdout=logfile, stderr=logfile
+            )
+            for i in range(cfg.workers)
+        ]
+        self._worker_procs = procs
+        try:
+            yield procs
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            logfile.close()
+
+    def _show(self, step: int, row: dict[str, float]) -> None:
+        if self.console is None:
+            return
+        from agentbolt.trainer.metrics import console_line
+
+        self.console.print(f"step {step}/{self.config.steps}  {console_line(row)}")
+
+
+def _lag(sample: Any, version: int) -> int:
+    """Model versions between the weights that sampled ``sample`` and ``version``; 0 when unknown."""
+    return version - sample.model_version if sample.model_version is not None else 0

@@ -1,0 +1,518 @@
+"""The embedded policy trainer: one PPO-style update from a batch of samples, then the new weights to the engine.
+
+:meth:`Trainer.step` reads top to bottom: the samples are packed into micro-batches by a token budget,
+each micro-batch runs forward, yields the log-probabilities of its response tokens (the logits at
+position t-1 predict token t, temperature 1), the policy's entropy, and the PPO-clip loss against the
+behaviour log-probabilities the gateway recorded; gradients accumulate over the micro-batches (the
+per-token weights are computed over the whole batch, so the sum of micro-batch losses *is* the batch
+loss), then the gradient norm is clipped and the optimizer steps. The new weights go to the engine as
+model version + 1 (for LoRA, the adapter merged into full weights on the fly; the adapter keeps training).
+
+Weights and optimizer state are float32; on CUDA the forward runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from safetensors.torch import load_file
+
+from agentbolt.engine.model_files import load_tokenizer_and_model, save_checkpoint
+from agentbolt.errors import BadInput
+from agentbolt.trainer.checkpoint import (
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    find_checkpoint,
+    read_state,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from agentbolt.trainer.loss import policy_loss, token_weights
+from agentbolt.types import LossConfig, Sample, TrainerCheckpoint, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+_ADAPTER = "default"  # PEFT's name for the one adapter we train
+
+
+# --- micro-batches ---------------------------------------------------------------------------------
+
+
+@dataclass
+class MicroBatch:
+    """Samples packed for one forward/backward pass (B rows, right-padded to length L).
+
+    Position t of the ``(B, L-1)`` tensors is the prediction of token t+1 from the logits at t.
+    """
+
+    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
+    attention_mask: torch.Tensor  # (B, L) 1 on real tokens
+    response_mask: torch.Tensor  # (B, L-1) bool: position t predicts a response token
+    targets: torch.Tensor  # (B, L-1) the token predicted at each position
+    old_logprobs: torch.Tensor  # (B, L-1) behaviour log-probs on response positions, 0 elsewhere
+    weights: torch.Tensor  # (B, L-1) each response token's share of the batch loss, 0 elsewhere
+    advantages: torch.Tensor  # (B,)
+    tokens: int  # real tokens (prompt + response)
+    response_tokens: int
+
+    def to(self, device: torch.device) -> MicroBatch:
+        """The same batch with its tensors on ``device``."""
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            response_mask=self.response_mask.to(device),
+            targets=self.targets.to(device),
+            old_logprobs=self.old_logprobs.to(device),
+            weights=self.weights.to(device),
+            advantages=self.advantages.to(device),
+        )
+
+
+def pack_micro_batches(
+    samples: list[Sample], weights: list[list[float]], token_budget: int, pad_token_id: int
+) -> list[MicroBatch]:
+    """Pack ``samples`` into micro-batches of at most ``token_budget`` padded tokens (rows x length).
+
+    Samples are sorted longest first so that rows of one micro-batch have similar lengths and little
+    padding; a sample longer than the budget gets a micro-batch of its own.
+
+    Args:
+        samples: the batch.
+        weights: per response token of each sample, its weight in the batch loss (:func:`token_weights`).
+        token_budget: most rows x padded length in one micro-batch.
+        pad_token_id: filler id on padded positions (masked out everywhere).
+    """
+    lengths = [len(s.prompt_token_ids) + len(s.response_token_ids) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: lengths[i], reverse=True)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+
+    batches = []
+    for group in groups:
+        rows, width = len(group), lengths[group[0]]
+        input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((rows, width), dtype=torch.long)
+        response_mask = torch.zeros((rows, width - 1), dtype=torch.bool)
+        old_logprobs = torch.zeros((rows, width - 1), dtype=torch.float32)
+        token_weight = torch.zeros((rows, width - 1), dtype=torch.float32)
+        advantages = torch.empty(rows, dtype=torch.float32)
+        for row, i in enumerate(group):
+            sample = samples[i]
+            p, n = len(sample.prompt_token_ids), lengths[i]
+            input_ids[row, :n] = torch.tensor([*sample.prompt_token_ids, *sample.response_token_ids])
+            attention_mask[row, :n] = 1
+            # Response tokens sit at p..n-1, so the positions predicting them are p-1..n-2.
+            response_mask[row, p - 1 : n - 1] = True
+            old_logprobs[row, p - 1 : n - 1] = torch.tensor(sample.old_logprobs, dtype=torch.float32)
+            token_weight[row, p - 1 : n - 1] = torch.tensor(weights[i], dtype=torch.float32)
+            advantages[row] = sample.advantage
+        batches.append(
+            MicroBatch(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                response_mask=response_mask,
+                targets=input_ids[:, 1:],
+                old_logprobs=old_logprobs,
+                weights=token_weight,
+                advantages=advantages,
+                tokens=sum(lengths[i] for i in group),
+                response_tokens=int(response_mask.sum()),
+            )
+        )
+    return batches
+
+
+def response_logits(model: Any, batch: MicroBatch, *, slice_logits: bool) -> torch.Tensor:
+    """Logits at the positions that predict response tokens: ``(N, vocab)``, N = response tokens, row-major.
+
+    With ``slice_logits`` the model projects only those positions onto the vocabulary (transformers'
+    ``logits_to_keep`` with a boolean mask), skipping the prompt's share of the (large) output layer.
+    """
+    keep = torch.nn.functional.pad(batch.response_mask, (0, 1))  # (B, L): hidden state t predicts token t+1
+    if slice_logits:
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False
+        )
+        return out.logits
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out.logits[keep]
+
+
+def supports_logits_mask(model: Any) -> bool:
+    """Whether ``model.forward`` takes a boolean ``logits_to_keep`` mask (transformers >= 5)."""
+    import transformers.modeling_utils as modeling_utils
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "logits_to_keep" in params and hasattr(modeling_utils, "slice_logits_to_keep")
+
+
+def check_samples(samples: list[Sample], vocab_size: int, max_context: int) -> None:
+    """Raise :class:`BadInput` naming the first sample the trainer cannot use, and why."""
+    if not samples:
+        raise BadInput("no samples to train on: the batch is empty")
+    for i, s in enumerate(samples):
+        where = f"sample {i} (rollout {s.rollout_id}, transition {s.transition_index})"
+        if not s.prompt_token_ids:
+            raise BadInput(f"{where} has an empty prompt: the first response token needs a token to follow")
+        if not s.response_token_ids:
+            raise BadInput(f"{where} has an empty response: nothing to train on; drop such transitions first")
+        if len(s.old_logprobs) != len(s.response_token_ids):
+            raise BadInput(
+                f"{where} has {len(s.old_logprobs)} old_logprobs for {len(s.response_token_ids)} response tokens: "
+                "the behaviour log-probabilities must be one per response token"
+            )
+        n = len(s.prompt_token_ids) + len(s.response_token_ids)
+        if n > max_context:
+            raise BadInput(f"{where} has {n} tokens, more than the model's context of {max_context}")
+        ids = [*s.prompt_token_ids, *s.response_token_ids]
+        if min(ids) < 0 or max(ids) >= vocab_size:
+            raise BadInput(f"{where} holds token ids outside the vocabulary [0, {vocab_size})")
+        if not math.isfinite(s.advantage) or not all(math.isfinite(x) for x in s.old_logprobs):
+            raise BadInput(f"{where} has a non-finite advantage or old logprob")
+
+
+# --- the trainer -----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Updates the policy from batches of samples and hands each new version to the engine.
+
+    Args:
+        model: a transformers causal LM (the trainer's own copy: not the engine's model object).
+            With ``config.lora`` it is wrapped in a PEFT LoRA adapter here.
+        tokenizer: its tokenizer (padding id; saved with full-model checkpoints).
+        config: optimiser, micro-batching, LoRA, device and checkpoint settings.
+        loss: PPO-clip bounds, KL coefficient, loss aggregation.
+        engine: an :class:`agentbolt.engine.Engine` to push new weights to after each update.
+        on_new_version: called with the new model version once the engine serves it (e.g. to post a
+            ModelVersion record to the server).
+
+    Seeds Python's and torch's random generators with ``config.seed`` (LoRA initialisation, dropout).
+
+    Raises:
+        BadInput: the engine holds the very same model object.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: TrainerConfig,
+        loss: LossConfig,
+        engine: Any | None = None,
+        on_new_version: Callable[[int], None] | None = None,
+    ) -> None:
+        if engine is not None and engine.model is model:
+            raise BadInput("the trainer and the engine share one model object: give the engine its own copy")
+        self.config, self.loss_config = config, loss
+        self.tokenizer, self.engine, self.on_new_version = tokenizer, engine, on_new_version
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+
+        model = model.to(self.device, dtype=torch.float32)
+        self.reference: Any | None = None  # frozen reference for the KL penalty; None with LoRA = adapter off
+        if loss.kl_coef > 0:
+            if config.reference_model is not None:
+                self.reference = load_tokenizer_and_model(config.reference_model)[1].to(self.device)
+            elif config.lora is None:
+                self.reference = copy.deepcopy(model)
+            if self.reference is not None:
+                self.reference.requires_grad_(False).eval()
+        if config.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = config.lora
+            peft_config = LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+            )
+            model = get_peft_model(model, peft_config)
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+        )
+        self.vocab_size: int = model.config.vocab_size
+        self.max_context: int = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id: int = int(pad or 0)
+        self.slice_logits = supports_logits_mask(model)
+        self.steps_done = 0
+        self.model_version: int = engine.model_version if engine is not None else 0
+
+    # --- one policy update -------------------------------------------------------------------------
+
+    def step(self, samples: list[Sample]) -> dict[str, float]:
+        """One policy update from ``samples``, then the new weights to the engine (model version + 1).
+
+        Returns metrics: loss, clip_fraction, approx_kl, kl_ref (with a KL penalty), ratio_mean, entropy,
+        grad_norm, lr, tokens, response_tokens, tokens_per_s, micro_batches, optimizer_steps, samples,
+        update_s, weight_push_s, step, model_version, and version_lag_mean/max (model version at this
+        update minus each sample's model version; when the samples carry one).
+
+        Raises:
+            BadInput: a sample is unusable (empty response, logprobs not one per token, too long...).
+        """
+        check_samples(samples, self.vocab_size, self.max_context)
+        cfg, loss_cfg = self.config, self.loss_config
+        started = time.perf_counter()
+        lr = cfg.lr * min(1.0, (self.steps_done + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+
+        sums: dict[str, float] = {}  # metric -> sum over micro-batches (weighted as noted)
+        tokens = response_tokens = micro_batches = optimizer_steps = 0
+        grad_norms: list[float] = []
+        for epoch in range(cfg.ppo_epochs):
+            for mini_batch in self._mini_batches(samples, epoch):
+                weights = token_weights(mini_batch, loss_cfg.aggregation)  # sums to the mini-batch's loss
+                self.optimizer.zero_grad(set_to_none=True)
+                for cpu_batch in pack_micro_batches(mini_batch, weights, cfg.micro_batch_tokens, self.pad_token_id):
+                    batch = cpu_batch.to(self.device)
+                    mask = batch.response_mask  # (B, T), T = L-1
+                    with self._autocast():
+                        logits = response_logits(self.model, batch, slice_logits=self.slice_logits)  # (N, V)
+                    logp_all = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+                    token_logp = logp_all.gather(-1, batch.targets[mask][:, None]).squeeze(-1)  # (N,)
+                    logprobs = torch.zeros(mask.shape, device=self.device).masked_scatter(mask, token_logp)
+                    with torch.no_grad():  # entropy of the policy at each response position, a metric only
+                        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
+                    ref_logprobs = self._reference_logprobs(batch) if loss_cfg.kl_coef > 0 else None
+
+                    loss, parts = policy_loss(
+                        logprobs,
+                        batch.old_logprobs,
+                        batch.advantages,
+                        mask.float(),
+                        batch.weights,
+                        clip_low=loss_cfg.clip_low,
+                        clip_high=loss_cfg.clip_high,
+                        ref_logprobs=ref_logprobs,
+                        kl_coef=loss_cfg.kl_coef,
+                    )
+                    loss.backward()
+
+                    # Metrics are means under the loss's token weights: combine micro-batches by their weight.
+                    weight = parts.pop("weight")
+                    _add(sums, "loss", float(loss.detach()))
+                    _add(sums, "entropy", float((entropy * batch.weights[mask]).sum()))
+                    _add(sums, "weight", weight)
+                    for key, value in parts.items():
+                        _add(sums, key, value * weight)
+                    tokens, response_tokens = tokens + batch.tokens, response_tokens + batch.response_tokens
+                    micro_batches += 1
+                max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
+                self.optimizer.step()
+                optimizer_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.steps_done += 1
+        update_s = time.perf_counter() - started
+
+        lag = self._version_lag(samples)
+        pushed = time.perf_counter()
+        self._publish(self.model_version + 1)
+        weight_push_s = time.perf_counter() - pushed
+
+        weight_total = max(sums.pop("weight"), 1e-12)
+        metrics = {
+            "step": float(self.steps_done),
+            "model_version": float(self.model_version),
+            "loss": sums.pop("loss") / optimizer_steps,
+            **{key: value / weight_total for key, value in sums.items()},
+            "grad_norm": sum(grad_norms) / len(grad_norms),
+            "lr": lr,
+            "samples": float(len(samples)),
+            "tokens": float(tokens),
+            "response_tokens": float(response_tokens),
+            "tokens_per_s": tokens / update_s,
+            "micro_batches": float(micro_batches),
+            "optimizer_steps": float(optimizer_steps),
+            "update_s": update_s,
+            "weight_push_s": weight_push_s,
+            **lag,
+        }
+        log.info(
+            "step %d: loss %.4f, grad norm %.3f, %.0f tokens/s",
+            self.steps_done,
+            metrics["loss"],
+            metrics["grad_norm"],
+            metrics["tokens_per_s"],
+        )
+        return metrics
+
+    def _mini_batches(self, samples: list[Sample], epoch: int) -> list[list[Sample]]:
+        """The batch in ``config.mini_batches`` parts, shuffled by a generator seeded from (seed, step, epoch)."""
+        parts = min(self.config.mini_batches, len(samples))
+        if parts == 1:
+            return [samples]
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.steps_done * 1_009 + epoch)
+        order = torch.randperm(len(samples), generator=generator).tolist()
+        return [[samples[i] for i in order[k::parts]] for k in range(parts)]
+
+    @torch.no_grad()
+    def _reference_logprobs(self, batch: MicroBatch) -> torch.Tensor:
+        """Log-probs of the response tokens under the frozen reference: ``(B, L-1)``, 0 off the response."""
+        context: contextlib.AbstractContextManager[Any]
+        if self.reference is not None:
+            reference, context = self.reference, contextlib.nullcontext()
+        else:  # LoRA: the base model is the reference
+            reference, context = self.model, self.model.disable_adapter()
+        with context, self._autocast():
+            logits = response_logits(reference, batch, slice_logits=self.slice_logits)
+        mask = batch.response_mask
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, batch.targets[mask][:, None]).squeeze(-1)
+        return torch.zeros(mask.shape, device=self.device).masked_scatter(mask, logp)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _version_lag(self, samples: list[Sample]) -> dict[str, float]:
+        current = self.engine.model_version if self.engine is not None else self.model_version
+        lags = [current - s.model_version for s in samples if s.model_version is not None]
+        if not lags:
+            return {}
+        return {"version_lag_mean": sum(lags) / len(lags), "version_lag_max": float(max(lags))}
+
+    # --- weights to the engine ---------------------------------------------------------------------
+
+    def engine_state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy's full weights, under the plain model's names (LoRA merged in: W + scale * B @ A)."""
+        if self.config.lora is None:
+            return {k: v.detach() for k, v in self.model.state_dict().items()}
+        from peft.tuners.lora import LoraLayer
+
+        base = self.model.get_base_model()
+        deltas = {
+            f"{name}.base_layer.weight": cast(Any, module).get_delta_weight(_ADAPTER)
+            for name, module in base.named_modules()
+            if isinstance(module, LoraLayer) and _ADAPTER in module.lora_A
+        }
+        merged = {}
+        with torch.no_grad():
+            for key, value in base.state_dict().items():
+                if ".lora_" in key:
+                    continue
+                if key in deltas:
+                    value = value + deltas[key].to(value.dtype)
+                merged[key.replace(".base_layer.", ".")] = value.detach()
+        return merged
+
+    def _publish(self, version: int) -> None:
+        """Make ``version`` the current model version: the engine serves it, then the callback hears of it."""
+        if self.engine is not None:
+            self.engine.update_weights(self.engine_state_dict(), version).result()
+        self.model_version = version
+        if self.on_new_version is not None:
+            self.on_new_version(version)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Write a checkpoint ``step-NNNNNN`` under ``directory`` (default ``config.checkpoint_dir``).
+
+        It holds the weights (full model in Hugging Face layout, or the LoRA adapter in PEFT layout),
+        the optimizer state, the random generator states, the step count, model version and settings,
+        and is enough for :meth:`resume` to continue the run exactly. Only the newest
+        ``config.keep_checkpoints`` checkpoints in the directory are kept. Returns the checkpoint's path.
+
+        Raises:
+            BadInput: no directory given and none configured.
+        """
+        target = directory if directory is not None else self.config.checkpoint_dir
+        if target is None:
+            raise BadInput("no checkpoint directory: pass one to save() or set checkpoint_dir in the trainer config")
+        state = TrainerCheckpoint(
+            step=self.steps_done,
+            model_version=self.model_version,
+            lora=self.config.lora is not None,
+            config=self.config,
+            loss=self.loss_config.model_dump(mode="json"),
+            created_at=time.time(),
+        )
+        rng = rng_state()  # as of now: writing the weights may draw random numbers (a model built to save)
+        try:
+            return write_checkpoint(
+                Path(target), state, self._write_weights, self.optimizer.state_dict(), rng, self.config.keep_checkpoints
+            )
+        finally:
+            set_rng_state(rng)  # saving or not, the run goes on with the same random numbers
+
+    def _write_weights(self, directory: Path) -> None:
+        if self.config.lora is not None:
+            self.model.save_pretrained(directory / "adapter")
+        else:
+            save_checkpoint(self.model, self.tokenizer, directory / "model")
+
+    def resume(self, path: str | Path) -> TrainerCheckpoint:
+        """Continue from a checkpoint: ``path`` is one, or a directory whose newest checkpoint is taken.
+
+        Restores weights, optimizer state, random generator states, step count and model version,
+        then pushes the weights to the engine as that version. Settings that differ from the
+        checkpoint's are logged.
+
+        Raises:
+            BadInput: no checkpoint there, or it was LoRA and this trainer is not (or the other way round).
+        """
+        checkpoint = find_checkpoint(Path(path))
+        state = read_state(checkpoint)
+        if state.lora != (self.config.lora is not None):
+            kind = "a LoRA adapter" if state.lora else "full weights"
+            raise BadInput(f"checkpoint {checkpoint} holds {kind}: configure the trainer the same way to resume it")
+        if state.config != self.config:
+            changed = [k for k in TrainerConfig.model_fields if getattr(state.config, k) != getattr(self.config, k)]
+            log.warning("resuming %s with changed trainer settings: %s", checkpoint, ", ".join(changed))
+
+        if state.lora:
+            from peft import set_peft_model_state_dict
+
+            adapter = load_file(checkpoint / "adapter" / "adapter_model.safetensors", device=str(self.device))
+            set_peft_model_state_dict(self.model, adapter)
+        else:
+            weights: dict[str, torch.Tensor] = {}
+            for file in sorted((checkpoint / "model").glob("*.safetensors")):
+                weights.update(load_file(file, device=str(self.device)))
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+            if set(missing) - tied or unexpected:
+                raise BadInput(
+                    f"checkpoint {checkpoint} does not fit the model: missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]}"
+                )
+        self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location=self.device))
+        set_rng_state(torch.load(checkpoint / RNG_FILE))
+        self.steps_done = state.step
+        self.model_version = state.model_version
+        if self.engine is not None:  # the engine serves the resumed weights; the version record already exists
+            self.engine.update_weights(self.engine_state_dict(), state.model_version).result()
+        log.info("resumed from %s: step %d, model version %d", checkpoint, state.step, state.model_version)
+        return state
+
+
+def _add(sums: dict[str, float], key: str, value: float) -> None:
+    sums[key] = sums.get(key, 0.0) + value

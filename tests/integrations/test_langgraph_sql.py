@@ -1,0 +1,68 @@
+"""The LangGraph SQL example under a real worker and server: agents named, tool outcomes and rewards stored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langgraph", reason="needs agentbolt[langchain]")
+pytest.importorskip("langchain_openai", reason="needs agentbolt[langchain]")
+
+from agentbolt import semconv
+from examples.sql_langgraph.agent import sql_agent
+from tests.integrations.live import RuleBackend, assert_llm_spans_have_tokens, run_rollouts
+
+QUESTIONS = Path(__file__).parents[2] / "examples" / "sql_langgraph" / "questions.jsonl"
+
+
+def tasks(n: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in QUESTIONS.read_text().splitlines()[:n]]
+
+
+def writes_bad_then_good_sql(prompt: str) -> str:
+    """First query fails (unknown table), the checker rejects it, the rewrite is the right query."""
+    if "check whether an SQL query" in prompt:
+        return "CORRECT" if "ERROR" not in prompt.rsplit("Result:", 1)[-1] else "The table does not exist."
+    if "Your previous query" in prompt:
+        return "```sql\nSELECT COUNT(*) FROM customers WHERE city = 'London'\n```"
+    return "```sql\nSELECT COUNT(*) FROM clients\n```"
+
+
+def test_writer_and_checker_calls_are_named_and_sql_failures_are_recorded(tmp_path: Path, tokenizer: Any) -> None:
+    outcome = run_rollouts(tmp_path, RuleBackend(tokenizer, writes_bad_then_good_sql), sql_agent, tasks(2))
+
+    assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
+    # Question 1 is the London count: the rewrite answers it; question 2 is not, so its reward is 0.
+    assert [r["reward"] for r in outcome.rollouts] == [1.0, 0.0]
+    assert_llm_spans_have_tokens(outcome)
+    for rollout in outcome.rollouts:
+        calls = outcome.llm_calls(rollout["rollout_id"])
+        # write, check (rejects), rewrite, check (accepts): writer, checker, writer, checker
+        assert sorted(c["attributes"][semconv.LLM_AGENT_NAME] for c in calls) == ["checker"] * 2 + ["writer"] * 2
+        tools = outcome.tool_calls(rollout["rollout_id"])
+        assert [t["attributes"][semconv.TOOL_SUCCESS] for t in sorted(tools, key=lambda t: t["start_time_ns"])] == [
+            False,
+            True,
+        ]
+        first_try = min(tools, key=lambda t: t["start_time_ns"])
+        assert "no such table" in first_try["status"]["message"]
+        agents = {s["attributes"].get(semconv.GEN_AI_AGENT_NAME) for s in outcome.spans[rollout["rollout_id"]]}
+        assert {"writer", "checker"} <= agents
+
+
+def test_garbage_from_a_random_model_ends_in_a_zero_reward_not_a_crash(
+    tmp_path: Path, tiny_engine_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tiny model's context is 512 tokens: keep three turns of replies inside it.
+    monkeypatch.setattr("examples.sql_langgraph.agent.MAX_TOKENS", 24)
+    monkeypatch.setattr("examples.sql_langgraph.agent.CHECK_MAX_TOKENS", 8)
+    outcome = run_rollouts(tmp_path, tiny_engine_backend, sql_agent, tasks(2))
+
+    assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
+    assert [r["reward"] for r in outcome.rollouts] == [0.0, 0.0]
+    assert_llm_spans_have_tokens(outcome)
+    assert outcome.agent_names() == {"writer", "checker"}
+    assert all(t["attributes"][semconv.TOOL_SUCCESS] is False for t in outcome.tool_calls())

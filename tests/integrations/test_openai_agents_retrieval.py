@@ -1,0 +1,61 @@
+"""The OpenAI Agents SDK retrieval example under a real worker and server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents", reason="needs agentbolt[openai-agents]")
+
+from agentbolt import semconv
+from examples.retrieval_openai_agents.agent import retrieval_agent
+from tests.integrations.live import RuleBackend, assert_llm_spans_have_tokens, run_rollouts
+
+QUESTIONS = Path(__file__).parents[2] / "examples" / "retrieval_openai_agents" / "questions.jsonl"
+
+
+def tasks(n: int) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in QUESTIONS.read_text().splitlines()[:n]]
+
+
+def search_then_answer(prompt: str) -> str:
+    """Search with an empty query first (the tool fails), then a real one, then answer from what came back."""
+    conversation = prompt.split("deepest in the world?", 1)[-1]  # after the system message's format description
+    if "Lake Baikal" in conversation:
+        return "Answer: Lake Baikal"
+    if "<tool_response" in conversation:
+        return '<tool_call>{"name": "search_documents", "arguments": {"query": "deepest lake"}}</tool_call>'
+    return '<tool_call>{"name": "search_documents", "arguments": {"query": "?"}}</tool_call>'
+
+
+def test_agent_and_tool_spans_mirror_the_sdk_trace_with_tool_failure_and_reward(tmp_path: Path, tokenizer: Any) -> None:
+    outcome = run_rollouts(tmp_path, RuleBackend(tokenizer, search_then_answer), retrieval_agent, tasks(1))
+
+    [rollout] = outcome.rollouts
+    assert rollout["status"] == "succeeded"
+    assert rollout["reward"] == pytest.approx(1.0)
+    assert_llm_spans_have_tokens(outcome)
+    assert outcome.agent_names() == {"researcher"}
+    assert len(outcome.llm_calls()) == 3
+    tools = sorted(outcome.tool_calls(), key=lambda t: t["start_time_ns"])
+    assert [t["attributes"][semconv.GEN_AI_TOOL_NAME] for t in tools] == ["search_documents"] * 2
+    assert [t["attributes"][semconv.TOOL_SUCCESS] for t in tools] == [False, True]
+    assert "Lake Baikal" in tools[1]["attributes"][semconv.TOOL_RESULT]
+    [agent_span] = [s for s in outcome.all_spans() if s["attributes"].get(semconv.GEN_AI_OPERATION) == "invoke_agent"]
+    assert agent_span["attributes"][semconv.GEN_AI_AGENT_NAME] == "researcher"
+    assert all(t["parent_id"] == agent_span["span_id"] for t in tools)
+
+
+def test_garbage_from_a_random_model_scores_zero_without_failing(
+    tmp_path: Path, tiny_engine_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("examples.retrieval_openai_agents.agent.MAX_TOKENS", 24)
+    outcome = run_rollouts(tmp_path, tiny_engine_backend, retrieval_agent, tasks(2))
+
+    assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
+    assert [r["reward"] for r in outcome.rollouts] == [0.0, 0.0]
+    assert_llm_spans_have_tokens(outcome)
+    assert outcome.agent_names() == {"researcher"}
