@@ -602,9 +602,7 @@ def load_train_config(path: Path, overrides: dict[str, Any], assignments: tuple[
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()[:10]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()[:10])
         raise click.BadParameter(f"{path}: {problems}", param_hint="CONFIG") from None
 
 

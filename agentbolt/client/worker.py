@@ -10,11 +10,14 @@ marks it unresponsive and requeues or fails the rollout per its config; spans al
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import math
 import os
 import socket
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,13 +102,19 @@ class Worker:
         """Run until stopped, ``max_rollouts`` claimed, or idle for ``idle_exit_s``."""
         self._stop = asyncio.Event()
         self._tracing = install_tracing(self.server_url, self.api_key, self.worker_id)
-        async with ServerClient(self.server_url, self.api_key) as client:
-            self._client = client
-            if self.model is None:
-                latest = await client.latest_model_version()
-                self.model = latest.model if latest else DEFAULT_MODEL
-            await asyncio.gather(*(self._runner(f"{self.worker_id}-{i}") for i in range(self.concurrency)))
-        await asyncio.to_thread(self._tracing.flush)
+        # Sync agents get threads of their own: on the loop's default executor (a handful of threads)
+        # they would cap concurrency and starve what else needs it, e.g. name lookups of new connections.
+        self._agent_threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="agentbolt-agent")
+        try:
+            async with ServerClient(self.server_url, self.api_key) as client:
+                self._client = client
+                if self.model is None:
+                    latest = await client.latest_model_version()
+                    self.model = latest.model if latest else DEFAULT_MODEL
+                await asyncio.gather(*(self._runner(f"{self.worker_id}-{i}") for i in range(self.concurrency)))
+            await asyncio.to_thread(self._tracing.flush)
+        finally:
+            self._agent_threads.shutdown(wait=False, cancel_futures=True)
         return self.stats
 
     async def _runner(self, runner_id: str) -> None:
@@ -185,11 +194,7 @@ class Worker:
         }
         with tracer().start_as_current_span(semconv.SPAN_ATTEMPT, attributes=attributes) as root:
             try:
-                call: Any = (
-                    self.agent.fn(rollout.input, llm)
-                    if self.agent.is_async
-                    else asyncio.to_thread(self.agent.fn, rollout.input, llm)
-                )
+                call: Any = self.agent.fn(rollout.input, llm) if self.agent.is_async else self._in_thread(rollout, llm)
                 result = await asyncio.wait_for(call, rollout.config.timeout_s)
                 reward = _reward_from_result(result, self.agent.name)
                 if reward is not None:
@@ -209,6 +214,12 @@ class Worker:
                 return AttemptFinish(status="failed", error=error, reward=ctx.final_reward)
             root.set_status(Status(StatusCode.OK))
         return AttemptFinish(status="succeeded", reward=ctx.final_reward)
+
+    def _in_thread(self, rollout: Any, llm: LLM) -> asyncio.Future[Any]:
+        """Run the sync agent on the worker's own threads, in a copy of the attempt's context."""
+        context = contextvars.copy_context()
+        run = functools.partial(context.run, self.agent.fn, rollout.input, llm)
+        return asyncio.get_running_loop().run_in_executor(self._agent_threads, run)
 
     async def _heartbeat(self, runner_id: str, attempt: Attempt, timeout_s: float | None) -> None:
         interval = min(timeout_s / 3, 10.0) if timeout_s else 10.0

@@ -355,9 +355,7 @@ class Engine:
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> torch.Tensor:
         """Pick one token per row and record its logprob (and alternatives) on its sequence."""
-        temps = torch.tensor(
-            [s.job.request.temperature or 1.0 for s in seqs], device=logits.device, dtype=logits.dtype
-        )
+        temps = torch.tensor([s.job.request.temperature or 1.0 for s in seqs], device=logits.device, dtype=logits.dtype)
         logp = torch.log_softmax(logits / temps[:, None], dim=-1)  # (rows, vocab)
         tokens = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
         for row, seq in enumerate(seqs):

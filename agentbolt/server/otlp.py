@@ -118,9 +118,7 @@ def decode_trace_request(body: bytes, content_type: str) -> list[SpanIn]:
     return _decode_json(body)
 
 
-def encode_trace_response(
-    content_type: str, rejected_spans: int = 0, error_message: str = ""
-) -> tuple[bytes, str]:
+def encode_trace_response(content_type: str, rejected_spans: int = 0, error_message: str = "") -> tuple[bytes, str]:
     """Encode an ``ExportTraceServiceResponse`` in the request's encoding.
 
     ``partial_success`` is left unset when nothing was rejected and there is no message, as the
@@ -170,9 +168,7 @@ def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> byt
         elif coding == "deflate":
             data = _inflate(data, max_bytes, "deflate")
         else:
-            raise UnsupportedMediaType(
-                f"Content-Encoding {coding!r} is not supported: send gzip, deflate or identity"
-            )
+            raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported: send gzip, deflate or identity")
     if len(data) > max_bytes:
         raise _too_large(max_bytes)
     return data
@@ -194,8 +190,7 @@ def _encoding(content_type: str) -> _Encoding:
 
 def _too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"request body is larger than the server's limit of {max_bytes} bytes once decompressed; "
-        "send smaller batches"
+        f"request body is larger than the server's limit of {max_bytes} bytes once decompressed; send smaller batches"
     )
 
 
@@ -242,8 +237,7 @@ def _finish(raw: dict[str, Any], index: int, name: str) -> SpanIn:
     if rollout_id is None:
         if attempt_id is not None:
             raise BadInput(
-                f"{where} has {ATTEMPT_ID} but no {ROLLOUT_ID}: "
-                f"set {ROLLOUT_ID} on the span or on its resource too"
+                f"{where} has {ATTEMPT_ID} but no {ROLLOUT_ID}: set {ROLLOUT_ID} on the span or on its resource too"
             )
         raise BadInput(
             f"{where} has no {ROLLOUT_ID}: set the attribute {ROLLOUT_ID!r} on the span or on its "
@@ -377,13 +371,9 @@ def _decode_json(body: bytes) -> list[SpanIn]:
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadInput(f"request body is not valid JSON: {e}") from None
     if not isinstance(document, dict):
-        raise BadInput(
-            f"OTLP/JSON request must be an object with 'resourceSpans', got {type(document).__name__}"
-        )
+        raise BadInput(f"OTLP/JSON request must be an object with 'resourceSpans', got {type(document).__name__}")
     spans: list[SpanIn] = []
-    for r, resource_spans in enumerate(
-        _list(_get(document, "resourceSpans", "resource_spans"), "resourceSpans")
-    ):
+    for r, resource_spans in enumerate(_list(_get(document, "resourceSpans", "resource_spans"), "resourceSpans")):
         r_path = f"resourceSpans[{r}]"
         resource_spans = _object(resource_spans, r_path)
         resource_obj = _object(resource_spans.get("resource"), f"{r_path}.resource")
@@ -429,8 +419,7 @@ def _json_span(span: dict[str, Any], path: str) -> dict[str, Any]:
             for i, event in enumerate(_list(span.get("events"), f"{path}.events"))
         ],
         "links": [
-            _json_link(link, f"{path}.links[{i}]")
-            for i, link in enumerate(_list(span.get("links"), f"{path}.links"))
+            _json_link(link, f"{path}.links[{i}]") for i, link in enumerate(_list(span.get("links"), f"{path}.links"))
         ],
         "status": {
             "code": _STATUS_CODES[_json_enum(status.get("code"), _STATUS_NAMES, f"{path}.status.code")],
@@ -443,9 +432,7 @@ def _json_event(event: Any, path: str) -> dict[str, Any]:
     event = _object(event, path)
     return {
         "name": _string(event.get("name"), f"{path}.name"),
-        "time_ns": _json_int(
-            _get(event, "timeUnixNano", "time_unix_nano"), f"{path}.timeUnixNano", 0, _UINT64_MAX
-        ),
+        "time_ns": _json_int(_get(event, "timeUnixNano", "time_unix_nano"), f"{path}.timeUnixNano", 0, _UINT64_MAX),
         "attributes": _json_attributes(event.get("attributes"), f"{path}.attributes"),
     }
 
@@ -531,8 +518,7 @@ def _json_id(value: Any, path: str, size: int) -> str:
     if not isinstance(value, str) or len(value) != 2 * size or not _HEX.fullmatch(value):
         shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "..."
         raise BadInput(
-            f"{path} must be {2 * size} hex characters ({size} bytes; OTLP/JSON ids are hex, not base64), "
-            f"got {shown!r}"
+            f"{path} must be {2 * size} hex characters ({size} bytes; OTLP/JSON ids are hex, not base64), got {shown!r}"
         )
     hex_id = value.lower()
     if hex_id.count("0") == len(hex_id):
@@ -552,9 +538,7 @@ def _json_attributes(value: Any, path: str, depth: int = 0) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for i, item in enumerate(_list(value, path)):
         if not isinstance(item, dict):
-            raise BadInput(
-                f"{path}[{i}] must be a {{'key': ..., 'value': ...}} object, got {type(item).__name__}"
-            )
+            raise BadInput(f"{path}[{i}] must be a {{'key': ..., 'value': ...}} object, got {type(item).__name__}")
         key = _string(item.get("key"), f"{path}[{i}].key")
         attributes[key] = _json_value(item.get("value"), f"{path}[{i}].value", depth)
     return attributes

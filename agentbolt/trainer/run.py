@@ -178,11 +178,12 @@ class TrainingRun:
                 ModelVersionCreate(version=engine.model_version, model=cfg.served_model_name)
             )
             first_step = trainer.steps_done
-            if self.val_tasks:
+            if self.val_tasks and first_step == 0:  # a resumed run validated before its first step already
                 val = await self._validate(client)
                 summary["val_before"] = val
                 metrics.log(first_step, {f"val/{k}": v for k, v in val.items()})
             pending: list[_Batch] = []
+            self._loop_started, self._first_step = time.monotonic(), first_step
             for step in range(first_step, cfg.steps):
                 while len(pending) < 1 + cfg.max_staleness and step + len(pending) < cfg.steps:
                     pending.append(await self._enqueue_step(client, step + len(pending), engine.model_version))
@@ -308,7 +309,11 @@ class TrainingRun:
             return
         from agentbolt.trainer.metrics import console_line
 
-        self.console.print(f"step {step}/{self.config.steps}  {console_line(row)}")
+        per_step = (time.monotonic() - self._loop_started) / max(1, step - self._first_step)
+        eta = per_step * (self.config.steps - step)
+        self.console.print(
+            f"step {step}/{self.config.steps} (ETA {eta / 60:.1f} min)  {console_line(row, max_items=8)}"
+        )
 
 
 def _lag(sample: Any, version: int) -> int:

@@ -2,11 +2,12 @@
 
 :meth:`Trainer.step` reads top to bottom: the samples are packed into micro-batches by a token budget,
 each micro-batch runs forward, yields the log-probabilities of its response tokens (the logits at
-position t-1 predict token t, temperature 1), the policy's entropy, and the PPO-clip loss against the
-behaviour log-probabilities the gateway recorded; gradients accumulate over the micro-batches (the
-per-token weights are computed over the whole batch, so the sum of micro-batch losses *is* the batch
-loss), then the gradient norm is clipped and the optimizer steps. The new weights go to the engine as
-model version + 1 (for LoRA, the adapter merged into full weights on the fly; the adapter keeps training).
+position t-1 predict token t, scaled by the temperature it was sampled at), the policy's entropy, and
+the PPO-clip loss against the behaviour log-probabilities the gateway recorded; gradients accumulate
+over the micro-batches (the per-token weights are computed over the whole batch, so the sum of
+micro-batch losses *is* the batch loss), then the gradient norm is clipped and the optimizer steps.
+The new weights go to the engine as model version + 1 (for LoRA, the adapter merged into full weights
+on the fly; the adapter keeps training).
 
 Weights and optimizer state are float32; on CUDA the forward runs under bf16 autocast.
 """
@@ -65,6 +66,7 @@ class MicroBatch:
     old_logprobs: torch.Tensor  # (B, L-1) behaviour log-probs on response positions, 0 elsewhere
     weights: torch.Tensor  # (B, L-1) each response token's share of the batch loss, 0 elsewhere
     advantages: torch.Tensor  # (B,)
+    temperatures: torch.Tensor  # (B,) the temperature each sample was sampled (and is scored) at
     tokens: int  # real tokens (prompt + response)
     response_tokens: int
 
@@ -79,7 +81,13 @@ class MicroBatch:
             old_logprobs=self.old_logprobs.to(device),
             weights=self.weights.to(device),
             advantages=self.advantages.to(device),
+            temperatures=self.temperatures.to(device),
         )
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` of the response positions ``(N, V)`` divided by their sample's temperature."""
+        per_token = self.temperatures[:, None].expand_as(self.response_mask)[self.response_mask]  # (N,)
+        return logits / per_token[:, None]
 
 
 def pack_micro_batches(
@@ -114,6 +122,7 @@ def pack_micro_batches(
         old_logprobs = torch.zeros((rows, width - 1), dtype=torch.float32)
         token_weight = torch.zeros((rows, width - 1), dtype=torch.float32)
         advantages = torch.empty(rows, dtype=torch.float32)
+        temperatures = torch.empty(rows, dtype=torch.float32)
         for row, i in enumerate(group):
             sample = samples[i]
             p, n = len(sample.prompt_token_ids), lengths[i]
@@ -124,6 +133,7 @@ def pack_micro_batches(
             old_logprobs[row, p - 1 : n - 1] = torch.tensor(sample.old_logprobs, dtype=torch.float32)
             token_weight[row, p - 1 : n - 1] = torch.tensor(weights[i], dtype=torch.float32)
             advantages[row] = sample.advantage
+            temperatures[row] = sample.temperature
         batches.append(
             MicroBatch(
                 input_ids=input_ids,
@@ -133,6 +143,7 @@ def pack_micro_batches(
                 old_logprobs=old_logprobs,
                 weights=token_weight,
                 advantages=advantages,
+                temperatures=temperatures,
                 tokens=sum(lengths[i] for i in group),
                 response_tokens=int(response_mask.sum()),
             )
@@ -294,7 +305,8 @@ class Trainer:
                     mask = batch.response_mask  # (B, T), T = L-1
                     with self._autocast():
                         logits = response_logits(self.model, batch, slice_logits=self.slice_logits)  # (N, V)
-                    logp_all = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
+                    # Scored at the temperature it was sampled at, like the engine's behaviour logprobs.
+                    logp_all = torch.log_softmax(batch.scaled(logits.float()), dim=-1)  # (N, V)
                     token_logp = logp_all.gather(-1, batch.targets[mask][:, None]).squeeze(-1)  # (N,)
                     logprobs = torch.zeros(mask.shape, device=self.device).masked_scatter(mask, token_logp)
                     with torch.no_grad():  # entropy of the policy at each response position, a metric only
@@ -384,7 +396,9 @@ class Trainer:
         with context, self._autocast():
             logits = response_logits(reference, batch, slice_logits=self.slice_logits)
         mask = batch.response_mask
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, batch.targets[mask][:, None]).squeeze(-1)
+        logp = (
+            torch.log_softmax(batch.scaled(logits.float()), dim=-1).gather(-1, batch.targets[mask][:, None]).squeeze(-1)
+        )
         return torch.zeros(mask.shape, device=self.device).masked_scatter(mask, logp)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

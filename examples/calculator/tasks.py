@@ -49,6 +49,7 @@ def make_tasks(
     ops: str = "+-",
     max_product_factor: int = 9,
     style: Style = "word",
+    temperature: float | None = None,
 ) -> list[dict[str, Any]]:
     """``n`` distinct word problems of ``split``, the same for the same arguments.
 
@@ -59,6 +60,7 @@ def make_tasks(
         max_number: largest operand of + and - (operands are drawn from 2..max_number).
         ops: which operations to use, any of "+", "-", "*".
         max_product_factor: largest operand of "*" (kept small so products stay easy).
+        temperature: when given, each task asks the agent to sample at it (e.g. 0 for greedy validation).
         style: "word" for a short story, "expression" for the bare question ``What is 14 + 7?`` (easier
             for a tiny model: higher untrained success when sampling at temperature 1).
 
@@ -110,6 +112,8 @@ def make_tasks(
                 "split": split,
             }
         )
+        if temperature is not None:
+            tasks[-1]["temperature"] = temperature
     return tasks
 
 

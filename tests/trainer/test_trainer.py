@@ -239,3 +239,33 @@ def test_trainer_refuses_the_engines_own_model_object(tokenizer: Any) -> None:
     engine = Engine(model, tokenizer, device="cpu")
     with pytest.raises(BadInput, match="own copy"):
         Trainer(model, tokenizer, TrainerConfig(), LossConfig(), engine)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.5])
+def test_samples_are_scored_at_the_temperature_the_engine_sampled_them_at(tokenizer: Any, temperature: float) -> None:
+    model = tiny_random_model(tokenizer, seed=3)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+
+    async def sample() -> Any:
+        with Engine(copy.deepcopy(model), tokenizer, device="cpu") as engine:
+            request = GenerationRequest(prompt_token_ids=prompt, max_new_tokens=8, temperature=temperature, seed=5)
+            return await engine.generate(request)
+
+    result = asyncio.run(sample())
+    on_policy = Sample(
+        rollout_id="r",
+        attempt_id="a",
+        transition_index=0,
+        prompt_token_ids=prompt,
+        response_token_ids=result.response_token_ids,
+        old_logprobs=result.logprobs,
+        temperature=temperature,
+        advantage=1.0,
+        return_value=1.0,
+    )
+    trainer = Trainer(model, tokenizer, TrainerConfig(lr=1e-3), LossConfig())
+    metrics = trainer.step([on_policy])
+    # The first update is exactly on-policy: the ratio is 1 only if the trainer scores at the sampling temperature.
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["clip_fraction"] == 0.0
