@@ -147,6 +147,11 @@ class TrainingRun:
         server_config = ServerConfig(port=0, store_url=f"sqlite+aiosqlite:///{self.run_dir / 'agentbolt.db'}")
         with BackgroundServer(server_config, backend=backend) as server, self._workers(server.url) as workers:
             self.server_url = server.url
+            self._say(
+                f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
+                f"{cfg.workers} worker process(es) x {cfg.worker_concurrency} rollouts; "
+                f"{cfg.steps} steps of {cfg.tasks_per_step} tasks x {cfg.group_size} rollouts"
+            )
             trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss, engine=engine)
             ckpt_dir = self.run_dir / "checkpoints"
             resume_step = None
@@ -266,6 +271,7 @@ class TrainingRun:
             for task in self.val_tasks
         ]
         ids = [r.rollout_id for r in await client.enqueue(creates)]
+        self._say(f"validating on {len(ids)} held-out tasks ...")
         rollouts, _ = await self._collect(client, ids, self._worker_procs)
         rewards = [r.reward if r.reward is not None else 0.0 for r in rollouts]
         return {
@@ -303,6 +309,10 @@ class TrainingRun:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             logfile.close()
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
 
     def _show(self, step: int, row: dict[str, float]) -> None:
         if self.console is None:
