@@ -723,10 +723,11 @@ class AdapterConfig(_Model):
         default=False, description="Drop calls whose token ids were rebuilt from text, not taken from the engine."
     )
     signal_order: Literal["sequence", "clock"] = Field(
-        default="sequence",
-        description="How client spans (tools, rewards, exceptions) are placed between LLM calls: sequence: by the "
-        "store's sequence ids (arrival order); clock: by start time vs each call's end time (needs the gateway "
-        "and the workers on one clock). Tool calls with a tool call id are matched by id either way.",
+        default="clock",
+        description="How client spans (tools, rewards, exceptions) are placed between LLM calls: clock: by start "
+        "time vs each call's end time (right when the gateway and the workers share a clock, as in agentbolt "
+        "train); sequence: by the store's sequence ids (arrival order: wrong when the worker's batched span "
+        "export lands after the next LLM call). Tool calls with a tool call id are matched by id either way.",
     )
 
 

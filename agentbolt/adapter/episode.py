@@ -35,9 +35,11 @@ The rules, in the order they apply:
   one before every kept transition is counted as unattributed. The final reward is the attempt's last
   final reward span by sequence id.
 
-Caveat of sequence order: the worker exports its spans in batches (every 0.5 s) while the gateway
-writes each LLM call at once, so a client span can arrive after the next LLM call. Record tool call
-ids (``agentbolt.tool_call(..., call_id=...)``) or use ``signal_order="clock"`` on one host.
+Why clock order is the default for signals: the worker exports its spans in batches (every 0.5 s)
+while the gateway writes each LLM call at once, so by sequence id a client span can land after the
+next LLM call (measured with LangGraph, the Agents SDK and CrewAI). Clock order is exact on one host;
+across hosts it is off by the clock skew, so record tool call ids
+(``agentbolt.tool_call(..., call_id=...)``), which are matched exactly in either mode.
 """
 
 from __future__ import annotations

@@ -202,15 +202,15 @@ def test_a_tool_span_without_the_success_flag_fails_when_its_status_is_error() -
     assert [o.success for o in outcomes] == [False, True]
 
 
-def test_clock_signal_order_places_client_spans_by_time() -> None:
+def test_client_spans_are_placed_by_clock_by_default_and_by_arrival_on_request() -> None:
     a = AttemptSpans()
     a.llm(start=1_000)  # ends at 1_500
     a.llm(start=5_000)  # ends at 5_500
     a.tool(success=False, start=2_000)  # arrived after the second call, ran after the first
-    by_sequence = build_episode(rollout(), a.spans, AdapterConfig()).episode
-    by_clock = build_episode(rollout(), a.spans, AdapterConfig(signal_order="clock")).episode
+    by_sequence = build_episode(rollout(), a.spans, AdapterConfig(signal_order="sequence")).episode
+    by_default = build_episode(rollout(), a.spans, AdapterConfig()).episode
     assert [len(t.tool_outcomes) for t in by_sequence.transitions] == [0, 1]  # type: ignore[union-attr]
-    assert [len(t.tool_outcomes) for t in by_clock.transitions] == [1, 0]  # type: ignore[union-attr]
+    assert [len(t.tool_outcomes) for t in by_default.transitions] == [1, 0]  # type: ignore[union-attr]
 
 
 def test_signals_and_flags_land_on_the_call_they_follow() -> None:

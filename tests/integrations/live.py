@@ -17,9 +17,20 @@ from typing import Any
 import httpx
 
 from agentbolt import semconv
+from agentbolt.adapter.episode import build_episode
 from agentbolt.client.worker import Worker
 from agentbolt.server.background import BackgroundServer
-from agentbolt.types import GenerationRequest, GenerationResult, GenerationTimings, ServerConfig
+from agentbolt.types import (
+    AdapterConfig,
+    Episode,
+    GenerationRequest,
+    GenerationResult,
+    GenerationTimings,
+    Rollout,
+    ServerConfig,
+    Span,
+    Transition,
+)
 
 MODEL = "policy"
 
@@ -119,3 +130,46 @@ def assert_llm_spans_have_tokens(outcome: Outcome) -> None:
         assert attrs[semconv.LLM_RESPONSE_TOKEN_IDS], span["name"]
         assert len(attrs[semconv.LLM_RESPONSE_LOGPROBS]) == len(attrs[semconv.LLM_RESPONSE_TOKEN_IDS])
         assert isinstance(attrs[semconv.LLM_MODEL_VERSION], int)
+
+
+def episodes_of(outcome: Outcome, agents: list[str] | None = None) -> list[Episode]:
+    """The real adapter's episode of each stored rollout (in ``outcome.rollouts`` order), keeping ``agents``' calls.
+
+    Uses the adapter's defaults (client spans placed by clock: by arrival order a tool span can land after the
+    next LLM call, since the worker exports its spans in batches). Fails if a rollout gives no episode, or if a
+    call was dropped for any reason but the agent filter.
+    """
+    episodes = []
+    for raw in outcome.rollouts:
+        rollout = Rollout.model_validate(raw)
+        spans = [Span.model_validate(s) for s in outcome.spans[rollout.rollout_id]]
+        result = build_episode(rollout, spans, AdapterConfig(agents=agents))
+        assert result.episode is not None, (rollout.rollout_id, result.dropped)
+        assert set(result.transitions_dropped) <= {"agent_filtered"}, result.transitions_dropped
+        assert result.rewards_invalid == 0 and result.rewards_unattributed == 0, result
+        episodes.append(result.episode)
+    return episodes
+
+
+def assert_trainable(episode: Episode, rollout: dict[str, Any]) -> None:
+    """Each transition carries the engine's tokens (one logprob per response token); the final reward is the
+    rollout's reward."""
+    assert episode.transitions, f"rollout {episode.rollout_id} gave no transitions"
+    assert [t.index for t in episode.transitions] == list(range(len(episode.transitions)))
+    for t in episode.transitions:
+        assert t.prompt_token_ids and t.response_token_ids, t.span_id
+        assert len(t.logprobs) == len(t.response_token_ids), t.span_id
+        assert t.token_source == "engine" and t.model_version == 3, t
+    assert episode.final_reward is not None and episode.final_reward.final
+    assert episode.final_reward.value == rollout["reward"]
+    assert episode.rollout_reward == rollout["reward"]
+
+
+def transitions_of(outcome: Outcome, agents: list[str] | None = None) -> list[list[Transition]]:
+    """The adapter's transitions of each rollout (see :func:`episodes_of`)."""
+    return [episode.transitions for episode in episodes_of(outcome, agents)]
+
+
+def outcomes_of(episode: Episode) -> list[tuple[str | None, list[tuple[str | None, bool]]]]:
+    """Each transition's agent and the (tool name, success) of the tool calls the adapter placed after it."""
+    return [(t.agent_name, [(o.name, o.success) for o in t.tool_outcomes]) for t in episode.transitions]

@@ -14,7 +14,14 @@ pytest.importorskip("autogen_ext.models.openai", reason="needs agentbolt[autogen
 from agentbolt import semconv
 from examples.calculator.tasks import make_tasks
 from examples.calculator_autogen.agent import calculator_agent
-from tests.integrations.live import RuleBackend, assert_llm_spans_have_tokens, run_rollouts
+from tests.integrations.live import (
+    RuleBackend,
+    assert_llm_spans_have_tokens,
+    assert_trainable,
+    episodes_of,
+    outcomes_of,
+    run_rollouts,
+)
 
 _RESPONSE = re.compile(r"<tool_response[^>]*>\s*(.*?)\s*</tool_response>", re.DOTALL)
 
@@ -51,6 +58,17 @@ def test_tool_outcomes_land_on_autogens_own_spans_with_agent_names_and_rewards(t
         ]
         assert {a["attributes"][semconv.GEN_AI_AGENT_NAME] for a in agents} == {"calculator"}
     assert outcome.tool_calls(outcome.rollouts[0]["rollout_id"])[0]["attributes"][semconv.TOOL_RESULT] == "26"
+
+    episodes = episodes_of(outcome, agents=["calculator"])
+    for rollout, episode, succeeded in zip(outcome.rollouts, episodes, [True, False], strict=True):
+        assert episode.rollout_id == rollout["rollout_id"]
+        assert_trainable(episode, rollout)
+        assert outcomes_of(episode) == [("calculator", [("calculate", succeeded)]), ("calculator", [])]
+        # AutoGen's tool span carries the model's tool call id: matched to the call that asked for it.
+        [tool] = episode.transitions[0].tool_outcomes
+        assert tool.matched_by == "call_id" and tool.call_id
+        assert episode.transitions[0].tool_calls_requested == 1
+    assert "unsupported element" in (episodes[1].transitions[0].tool_outcomes[0].error or "")
 
 
 def test_garbage_from_a_random_model_scores_zero_without_failing(

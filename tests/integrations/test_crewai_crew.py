@@ -13,7 +13,14 @@ pytest.importorskip("crewai", reason="needs agentbolt[crewai]")
 
 from agentbolt import semconv
 from examples.crew_crewai.agent import crew_agent
-from tests.integrations.live import RuleBackend, assert_llm_spans_have_tokens, run_rollouts
+from tests.integrations.live import (
+    RuleBackend,
+    assert_llm_spans_have_tokens,
+    assert_trainable,
+    episodes_of,
+    outcomes_of,
+    run_rollouts,
+)
 
 TASKS = [
     {"question": "Ben has 4 marbles and finds 22 more. How many marbles does he have?", "answer": 26},
@@ -45,6 +52,18 @@ def test_trained_and_fixed_agents_are_named_on_their_calls_and_rewards_stored(tm
         tools = outcome.tool_calls(rollout["rollout_id"])  # CrewAI retries a failing tool itself
         assert tools and {t["attributes"][semconv.GEN_AI_TOOL_NAME] for t in tools} == {"calculate"}
         assert {t["attributes"][semconv.TOOL_SUCCESS] for t in tools} == {succeeded}
+
+    # What training sees (rl.adapter.agents: [solver]): the solver's two calls; the reviewer's call is traced
+    # (above) but gives no transition. Every tool run (CrewAI's retries included) follows the solver's first call.
+    episodes = episodes_of(outcome, agents=["solver"])
+    for rollout, episode, succeeded in zip(outcome.rollouts, episodes, [True, False], strict=True):
+        assert episode.rollout_id == rollout["rollout_id"]
+        assert_trainable(episode, rollout)
+        assert len(outcome.llm_calls(rollout["rollout_id"])) == 3
+        [(first, tools), (second, after)] = outcomes_of(episode)
+        assert (first, second, after) == ("solver", "solver", [])
+        assert tools and set(tools) == {("calculate", succeeded)}
+        assert len(tools) == len(outcome.tool_calls(rollout["rollout_id"]))
 
 
 def test_garbage_from_a_random_model_scores_zero_without_failing(

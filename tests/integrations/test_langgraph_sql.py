@@ -13,7 +13,14 @@ pytest.importorskip("langchain_openai", reason="needs agentbolt[langchain]")
 
 from agentbolt import semconv
 from examples.sql_langgraph.agent import sql_agent
-from tests.integrations.live import RuleBackend, assert_llm_spans_have_tokens, run_rollouts
+from tests.integrations.live import (
+    RuleBackend,
+    assert_llm_spans_have_tokens,
+    assert_trainable,
+    episodes_of,
+    outcomes_of,
+    run_rollouts,
+)
 
 QUESTIONS = Path(__file__).parents[2] / "examples" / "sql_langgraph" / "questions.jsonl"
 
@@ -51,6 +58,20 @@ def test_writer_and_checker_calls_are_named_and_sql_failures_are_recorded(tmp_pa
         assert "no such table" in first_try["status"]["message"]
         agents = {s["attributes"].get(semconv.GEN_AI_AGENT_NAME) for s in outcome.spans[rollout["rollout_id"]]}
         assert {"writer", "checker"} <= agents
+
+    # What training sees (rl.adapter.agents: [writer]): the writer's two calls, each with the query it ran; the
+    # checker's calls stay in the traces (above) but give no transitions.
+    for rollout, episode in zip(outcome.rollouts, episodes_of(outcome, agents=["writer"]), strict=True):
+        assert episode.rollout_id == rollout["rollout_id"]
+        assert_trainable(episode, rollout)
+        assert outcomes_of(episode) == [
+            ("writer", [("execute_sql", False)]),
+            ("writer", [("execute_sql", True)]),
+        ]
+        assert "no such table" in (episode.transitions[0].tool_outcomes[0].error or "")
+    # Without the filter the checker's calls are transitions too, in call order.
+    for episode in episodes_of(outcome):
+        assert [t.agent_name for t in episode.transitions] == ["writer", "checker", "writer", "checker"]
 
 
 def test_garbage_from_a_random_model_ends_in_a_zero_reward_not_a_crash(

@@ -12,7 +12,14 @@ pytest.importorskip("agents", reason="needs agentbolt[openai-agents]")
 
 from agentbolt import semconv
 from examples.retrieval_openai_agents.agent import retrieval_agent
-from tests.integrations.live import RuleBackend, assert_llm_spans_have_tokens, run_rollouts
+from tests.integrations.live import (
+    RuleBackend,
+    assert_llm_spans_have_tokens,
+    assert_trainable,
+    episodes_of,
+    outcomes_of,
+    run_rollouts,
+)
 
 QUESTIONS = Path(__file__).parents[2] / "examples" / "retrieval_openai_agents" / "questions.jsonl"
 
@@ -47,6 +54,16 @@ def test_agent_and_tool_spans_mirror_the_sdk_trace_with_tool_failure_and_reward(
     [agent_span] = [s for s in outcome.all_spans() if s["attributes"].get(semconv.GEN_AI_OPERATION) == "invoke_agent"]
     assert agent_span["attributes"][semconv.GEN_AI_AGENT_NAME] == "researcher"
     assert all(t["parent_id"] == agent_span["span_id"] for t in tools)
+
+    [episode] = episodes_of(outcome, agents=["researcher"])
+    assert_trainable(episode, rollout)
+    assert outcomes_of(episode) == [
+        ("researcher", [("search_documents", False)]),
+        ("researcher", [("search_documents", True)]),
+        ("researcher", []),
+    ]
+    assert [t.tool_calls_requested for t in episode.transitions] == [1, 1, 0]
+    assert episode.final_reward is not None and episode.final_reward.dimensions["f1"] == pytest.approx(1.0)
 
 
 def test_garbage_from_a_random_model_scores_zero_without_failing(
