@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ipaddress
 import json
 import logging
@@ -273,18 +272,12 @@ def fetch_demo(cache_dir: Path | None) -> None:
 
 
 def _load_agent(spec: str) -> Any:
-    if ":" not in spec:
-        raise click.BadParameter(f"{spec!r} should be MODULE:FUNCTION, e.g. my_agent:solve", param_hint="AGENT")
-    module_name, _, attr = spec.partition(":")
-    sys.path.insert(0, os.getcwd())
+    from agentbolt.client.rollout import load_function
+
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="AGENT") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise click.BadParameter(f"module {module_name!r} has no {attr!r}", param_hint="AGENT") from None
+        return load_function(spec, "agent")
+    except AgentboltError as exc:
+        raise click.BadParameter(str(exc), param_hint="AGENT") from exc
 
 
 @main.command()

@@ -410,6 +410,21 @@ class GenerationRequest(_Model):
     seed: int | None = Field(default=None, description="Same seed, prompt and weights: same tokens.")
     top_logprobs: int = Field(default=0, ge=0, le=20, description="Alternatives reported per position.")
 
+    def check_fits(self, max_context: int, vocab_size: int) -> None:
+        """Raise :class:`~agentbolt.errors.BadInput` when this request cannot run on a model with that context
+        length and vocabulary size."""
+        from agentbolt.errors import BadInput
+
+        n = len(self.prompt_token_ids)
+        if n + self.max_new_tokens > max_context:
+            raise BadInput(
+                f"prompt ({n} tokens) + max_new_tokens ({self.max_new_tokens}) exceeds the model's context "
+                f"length of {max_context} tokens: shorten the prompt or lower max_new_tokens"
+            )
+        bad = [t for t in self.prompt_token_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise BadInput(f"prompt_token_ids holds ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+
 
 class TokenLogprob(_Model):
     token_id: int

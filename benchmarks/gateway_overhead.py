@@ -63,7 +63,7 @@ def serve_gateway(port: int, upstream: str, store_url: str) -> None:
     """Run the agentbolt server with an UpstreamBackend, as ``agentbolt serve`` would (this is the child)."""
     import uvicorn
 
-    from agentbolt.gateway.backend import load_tokenizer
+    from agentbolt.engine.model_files import load_tokenizer
     from agentbolt.gateway.upstream import UpstreamBackend
     from agentbolt.server.app import create_app
     from agentbolt.types import ServerConfig

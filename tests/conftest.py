@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -86,3 +87,12 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    """SmolLM2's tokenizer, read from the demo GGUF (fetched into the cache on first use)."""
+    pytest.importorskip("torch", reason="the engine needs the train extra: bash scripts/setup.sh dev,train")
+    from agentbolt.engine import load_tokenizer
+
+    return load_tokenizer("demo")

@@ -7,11 +7,15 @@ async.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agentbolt.errors import BadInput
 from agentbolt.types import LLM
 
 AgentResult = float | int | bool | None
@@ -45,3 +49,24 @@ def rollout(fn: AgentFunction) -> RolloutFunction:
             f"{len(params)} required positional argument(s)"
         )
     return RolloutFunction(fn=fn, name=fn.__qualname__, is_async=inspect.iscoroutinefunction(fn))
+
+
+def load_function(spec: str, what: str) -> Any:
+    """Import ``MODULE:NAME`` (the current directory is put on the import path); ``what`` names it in errors.
+
+    Raises:
+        BadInput: the spec is malformed, the module cannot be imported, or it has no such name.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInput(f"{what} {spec!r} should be MODULE:NAME, e.g. examples.calculator.agent:solve")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInput(f"cannot import {module_name!r} for the {what}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise BadInput(f"module {module_name!r} has no {attr!r} (the {what})") from None

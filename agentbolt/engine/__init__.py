@@ -7,6 +7,7 @@ from agentbolt.engine.engine import Engine, EngineClosed
 from agentbolt.engine.model_files import (
     ModelUnavailable,
     demo_model_path,
+    load_tokenizer,
     load_tokenizer_and_model,
     save_checkpoint,
     tiny_random_model,
@@ -17,6 +18,7 @@ __all__ = [
     "EngineClosed",
     "ModelUnavailable",
     "demo_model_path",
+    "load_tokenizer",
     "load_tokenizer_and_model",
     "save_checkpoint",
     "tiny_random_model",

@@ -141,15 +141,7 @@ class Engine:
 
     def check_request(self, request: GenerationRequest) -> None:
         """Raise :class:`BadInput` when ``request`` cannot run on this model."""
-        n = len(request.prompt_token_ids)
-        if n + request.max_new_tokens > self.max_context:
-            raise BadInput(
-                f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds the model's context "
-                f"length of {self.max_context} tokens: shorten the prompt or lower max_new_tokens"
-            )
-        bad = [t for t in request.prompt_token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise BadInput(f"prompt_token_ids holds ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        request.check_fits(self.max_context, self.vocab_size)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate a response to ``request``, batched with whatever other requests are in flight.

@@ -78,6 +78,40 @@ def demo_model_path(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def _pretrained_source(spec: str) -> tuple[str, dict[str, Any]]:
+    """``(source, from_pretrained kwargs)`` for a model spec other than ``"tiny"``.
+
+    Raises:
+        ModelUnavailable: a ``.gguf`` path that is not a file, or the demo model could not be fetched.
+    """
+    if spec == "demo":
+        path = demo_model_path()
+        return str(path.parent), {"gguf_file": path.name}
+    if spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelUnavailable(f"no GGUF file at {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    return spec, {}
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of the model named by ``spec`` (as for :func:`load_tokenizer_and_model`), without its weights.
+
+    Raises:
+        ModelUnavailable: it could not be found or read.
+    """
+    from transformers import AutoTokenizer
+
+    source, kwargs = _pretrained_source("demo" if spec == "tiny" else spec)
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(
+            f"could not load the tokenizer {spec!r}: {exc}. Give 'demo', a .gguf file, or a local model directory."
+        ) from exc
+
+
 def load_tokenizer_and_model(spec: str) -> tuple[Any, Any]:
     """Load ``(tokenizer, model)`` on the CPU in float32, in eval mode.
 
@@ -90,25 +124,13 @@ def load_tokenizer_and_model(spec: str) -> tuple[Any, Any]:
         ModelUnavailable: the files could not be found or read.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {}
+    tokenizer = load_tokenizer(spec)
     if spec == "tiny":
-        path = demo_model_path()
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return tokenizer, tiny_random_model(tokenizer)
-    if spec == "demo":
-        path = demo_model_path()
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-    elif spec.endswith(".gguf"):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelUnavailable(f"no GGUF file at {path}")
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-    else:
-        source = spec
+    source, kwargs = _pretrained_source(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(

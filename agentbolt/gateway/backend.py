@@ -9,7 +9,6 @@ produced. :class:`EngineBackend` serves the embedded :class:`~agentbolt.engine.E
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from agentbolt.types import GenerationRequest, GenerationResult, ServerConfig
@@ -76,35 +75,6 @@ class EngineBackend:
         await asyncio.to_thread(self.engine.close)
 
 
-def load_tokenizer(spec: str) -> Any:
-    """The tokenizer named by ``spec``: ``"demo"``, a ``.gguf`` file, an HF directory or hub id.
-
-    Raises:
-        ModelUnavailable: it could not be found or read.
-    """
-    from transformers import AutoTokenizer
-
-    from agentbolt.engine.model_files import ModelUnavailable, demo_model_path
-
-    kwargs: dict[str, Any] = {}
-    if spec == "demo":
-        path = demo_model_path()
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-    elif spec.endswith(".gguf"):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelUnavailable(f"no GGUF file at {path}")
-        source, kwargs["gguf_file"] = str(path.parent), path.name
-    else:
-        source = spec
-    try:
-        return AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(
-            f"could not load the tokenizer {spec!r}: {exc}. Give 'demo', a .gguf file, or a local model directory."
-        ) from exc
-
-
 def backend_from_config(config: ServerConfig) -> Backend | None:
     """The backend ``config`` asks for: upstream engines, the embedded engine on ``config.model``, or None.
 
@@ -120,6 +90,7 @@ def backend_from_config(config: ServerConfig) -> Backend | None:
                 "upstream engines need the model's tokenizer to render chat prompts: "
                 "give --tokenizer (demo, a .gguf file, an HF directory or id)"
             )
+        from agentbolt.engine.model_files import load_tokenizer
         from agentbolt.gateway.upstream import UpstreamBackend
 
         return UpstreamBackend(

@@ -210,15 +210,7 @@ class UpstreamBackend:
 
     def check_request(self, request: GenerationRequest) -> None:
         """Raise :class:`BadInput` when ``request`` cannot fit the context window or names unknown token ids."""
-        n = len(request.prompt_token_ids)
-        if n + request.max_new_tokens > self.max_context:
-            raise BadInput(
-                f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceeds the model's context "
-                f"length of {self.max_context} tokens: shorten the prompt or lower max_new_tokens"
-            )
-        bad = [t for t in request.prompt_token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise BadInput(f"prompt_token_ids holds ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        request.check_fits(self.max_context, self.vocab_size)
 
     async def generate(self, request: GenerationRequest, *, affinity: str | None = None) -> GenerationResult:
         """Generate on one replica: the one ``affinity`` sticks to, else the next in round robin.

@@ -20,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import importlib
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agentbolt.client.http import ServerClient
+from agentbolt.client.rollout import load_function
 from agentbolt.errors import BadInput
 from agentbolt.types import (
     ModelVersionCreate,
@@ -70,7 +69,7 @@ def load_tasks(source: TaskSource, base_dir: Path) -> list[Any]:
                 raise BadInput(f"{path}:{number} is not valid JSON: {exc}") from exc
     else:
         assert source.function is not None
-        fn = import_function(source.function, "task function")
+        fn = load_function(source.function, "task function")
         tasks = fn(**source.kwargs)
         if not isinstance(tasks, list):
             raise BadInput(f"{source.function} returned {type(tasks).__name__}; it must return a list of tasks")
@@ -79,23 +78,6 @@ def load_tasks(source: TaskSource, base_dir: Path) -> list[Any]:
     if not tasks:
         raise BadInput(f"no tasks in {source.file or source.function}")
     return tasks
-
-
-def import_function(spec: str, what: str) -> Any:
-    """Import ``MODULE:NAME`` (the current directory is on the import path)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise BadInput(f"{what} {spec!r} should be MODULE:NAME, e.g. examples.calculator.agent:solve")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise BadInput(f"cannot import {module_name!r} for the {what}: {exc}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise BadInput(f"module {module_name!r} has no {attr!r} (the {what})") from None
 
 
 @dataclass
@@ -119,7 +101,7 @@ class TrainingRun:
         self._rng = random.Random(config.seed)
         self.train_tasks = load_tasks(config.train_tasks, self.base_dir)
         self.val_tasks = load_tasks(config.val_tasks, self.base_dir) if config.val_tasks else []
-        import_function(config.agent, "agent")  # fail now, not inside a worker process
+        load_function(config.agent, "agent")  # fail now, not inside a worker process
 
     def run(self) -> dict[str, Any]:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
@@ -145,7 +127,7 @@ class TrainingRun:
         )
         backend = EngineBackend(engine, cfg.served_model_name)
         server_config = ServerConfig(port=0, store_url=f"sqlite+aiosqlite:///{self.run_dir / 'agentbolt.db'}")
-        with BackgroundServer(server_config, backend=backend) as server, self._workers(server.url) as workers:
+        with BackgroundServer(server_config, backend=backend) as server, self._workers(server.url):
             self.server_url = server.url
             self._say(
                 f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
@@ -159,7 +141,7 @@ class TrainingRun:
                 resume_step = trainer.resume(ckpt_dir).step
             metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, resume_step=resume_step)
             try:
-                summary = asyncio.run(self._loop(trainer, engine, metrics, workers))
+                summary = asyncio.run(self._loop(trainer, engine, metrics))
                 summary["checkpoint"] = str(trainer.save(ckpt_dir))
             finally:
                 metrics.close()
@@ -171,9 +153,7 @@ class TrainingRun:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    async def _loop(
-        self, trainer: Any, engine: Any, metrics: Any, workers: list[subprocess.Popen[bytes]]
-    ) -> dict[str, Any]:
+    async def _loop(self, trainer: Any, engine: Any, metrics: Any) -> dict[str, Any]:
         from agentbolt.trainer.batch import prepare_batch
 
         cfg = self.config
@@ -194,7 +174,7 @@ class TrainingRun:
                     pending.append(await self._enqueue_step(client, step + len(pending), engine.model_version))
                 batch = pending.pop(0)
                 collect_started = time.monotonic()
-                rollouts, spans = await self._collect(client, batch.rollout_ids, workers)
+                rollouts, spans = await self._collect(client, batch.rollout_ids)
                 collect_s = time.monotonic() - collect_started
                 samples, report = prepare_batch(rollouts, spans, cfg.rl)
                 fresh = [s for s in samples if _lag(s, engine.model_version) <= cfg.max_staleness]
@@ -241,13 +221,13 @@ class TrainingRun:
         return _Batch(step, [r.rollout_id for r in rollouts], version, time.monotonic())
 
     async def _collect(
-        self, client: ServerClient, rollout_ids: list[str], workers: list[subprocess.Popen[bytes]]
+        self, client: ServerClient, rollout_ids: list[str]
     ) -> tuple[list[Rollout], dict[str, list[Span]]]:
         """Wait for the rollouts to finish; return them with their spans."""
         remaining = list(rollout_ids)
         deadline = time.monotonic() + self.config.rollout_timeout_s * 3 + 60
         while remaining:
-            dead = [w for w in workers if w.poll() is not None]
+            dead = [w for w in self._worker_procs if w.poll() is not None]
             if dead:
                 raise RuntimeError(
                     f"{len(dead)} worker process(es) exited (status {dead[0].returncode}); "
@@ -272,7 +252,7 @@ class TrainingRun:
         ]
         ids = [r.rollout_id for r in await client.enqueue(creates)]
         self._say(f"validating on {len(ids)} held-out tasks ...")
-        rollouts, _ = await self._collect(client, ids, self._worker_procs)
+        rollouts, _ = await self._collect(client, ids)
         rewards = [r.reward if r.reward is not None else 0.0 for r in rollouts]
         return {
             "reward_mean": sum(rewards) / len(rewards),
@@ -283,7 +263,7 @@ class TrainingRun:
     # --- workers and display ----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _workers(self, server_url: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    def _workers(self, server_url: str) -> Iterator[None]:
         """Start the worker processes (``agentbolt worker``); stop them on exit."""
         cfg = self.config
         logfile = (self.run_dir / "workers.log").open("ab")
@@ -299,7 +279,7 @@ class TrainingRun:
         ]
         self._worker_procs = procs
         try:
-            yield procs
+            yield
         finally:
             for proc in procs:
                 proc.terminate()

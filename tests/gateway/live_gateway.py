@@ -1,6 +1,7 @@
-"""Fixtures of the gateway tests: SmolLM2's tokenizer, a tiny random engine, a scripted backend, servers.
+"""Fixtures of the gateway tests: a tiny random engine, a scripted backend, servers.
 
-Test modules import the fixtures they use from here (``from tests.gateway.live_gateway import ...``).
+tests/gateway/conftest.py makes the fixtures available to the gateway tests (and tests/examples'
+conftest to those); the ``tokenizer`` fixture is in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -17,15 +18,6 @@ from agentbolt.server.background import BackgroundServer
 from agentbolt.types import GenerationRequest, GenerationResult, GenerationTimings, ServerConfig
 
 MODEL = "policy"
-
-
-@pytest.fixture(scope="session")
-def tokenizer() -> Any:
-    """SmolLM2's tokenizer, read from the demo GGUF (fetched into the cache on first use)."""
-    pytest.importorskip("torch", reason="the engine needs the train extra")
-    from agentbolt.gateway.backend import load_tokenizer
-
-    return load_tokenizer("demo")
 
 
 @pytest.fixture(scope="module")

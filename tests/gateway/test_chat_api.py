@@ -18,13 +18,8 @@ from tests.gateway.live_gateway import (
     claim_attempt,
     finish_attempt,
     llm_spans,
-    start_server,
     stored_spans,
-    tiny_engine,
-    tokenizer,
 )
-
-__all__ = ["start_server", "tiny_engine", "tokenizer"]
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
 

@@ -17,11 +17,7 @@ from tests.gateway.live_gateway import (
     claim_attempt,
     finish_attempt,
     llm_spans,
-    start_server,
-    tokenizer,
 )
-
-__all__ = ["start_server", "tokenizer"]
 
 FIRST = [{"role": "user", "content": "Say hello."}]
 TOOLS = [

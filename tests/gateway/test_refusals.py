@@ -16,13 +16,9 @@ from tests.gateway.live_gateway import (
     claim_attempt,
     finish_attempt,
     llm_spans,
-    start_server,
     stored_spans,
-    tokenizer,
     wait_recorded,
 )
-
-__all__ = ["start_server", "tokenizer"]
 
 USER = [{"role": "user", "content": "hi"}]
 

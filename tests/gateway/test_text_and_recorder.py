@@ -14,9 +14,6 @@ from agentbolt.gateway.recorder import SpanRecorder
 from agentbolt.gateway.text import TokenText, response_text
 from agentbolt.store import Store
 from agentbolt.types import RolloutCreate, SpanIn
-from tests.gateway.live_gateway import tokenizer
-
-__all__ = ["tokenizer"]
 
 
 def test_pieces_join_to_the_decoded_text_even_inside_multibyte_characters(tokenizer: Any) -> None:

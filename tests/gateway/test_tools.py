@@ -476,18 +476,6 @@ def test_one_malformed_call_discards_the_valid_ones() -> None:
 # --- with the demo model's chat template -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    """SmolLM2's tokenizer, read from the demo GGUF (fetched into the cache on first use)."""
-    pytest.importorskip("torch", reason="the engine needs the train extra: bash scripts/setup.sh dev,train")
-    from transformers import AutoTokenizer
-
-    from agentbolt.engine import demo_model_path
-
-    path = demo_model_path()
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-
-
 def test_rendered_conversation_goes_through_smollm2_chat_template(tokenizer: Any) -> None:
     rendered = render_tool_messages(_conversation(), TOOLS, "auto")
 

@@ -21,11 +21,7 @@ from tests.gateway.live_gateway import (
     claim_attempt,
     finish_attempt,
     llm_spans,
-    start_server,
-    tokenizer,
 )
-
-__all__ = ["start_server", "tokenizer"]
 
 REPLY = "The answer is 42."
 

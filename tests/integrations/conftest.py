@@ -8,15 +8,6 @@ from typing import Any
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tokenizer() -> Any:
-    """SmolLM2's tokenizer, read from the demo GGUF (fetched into the cache on first use)."""
-    pytest.importorskip("torch", reason="the engine needs the train extra")
-    from agentbolt.gateway.backend import load_tokenizer
-
-    return load_tokenizer("demo")
-
-
 @pytest.fixture
 def tiny_engine_backend(tokenizer: Any) -> Iterator[Any]:
     """The real embedded engine on a tiny random model, as a gateway backend (it answers garbage)."""
