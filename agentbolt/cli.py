@@ -118,6 +118,14 @@ def _is_loopback(host: str) -> bool:
 @click.option(
     "--served-model", default="policy", show_default=True, help="Model name clients ask for (GET /v1/models)."
 )
+@click.option(
+    "--fixed-model",
+    "fixed_models",
+    multiple=True,
+    metavar="NAME=MODEL",
+    help="Also serve MODEL (like --model) as NAME, on its own embedded engine whose weights never change: for "
+    "agents that are not trained. Their calls are traced but never trained on. Repeatable.",
+)
 @click.option("--require-attempt", is_flag=True, help="Refuse gateway calls that name no rollout attempt (403).")
 @click.option(
     "--strict-token-fidelity",
@@ -138,6 +146,7 @@ def serve(
     upstream_model: str | None,
     upstream_api_key: str | None,
     served_model: str,
+    fixed_models: tuple[str, ...],
     require_attempt: bool,
     strict_token_fidelity: bool,
     verbose: bool,
@@ -163,8 +172,19 @@ def serve(
         raise click.UsageError("--upstream needs --tokenizer: the gateway renders chat prompts to token ids itself")
     if tokenizer and not upstream_urls:
         raise click.UsageError("--tokenizer goes with --upstream; to embed a model use --model")
-    if model and processes > 1:
+    if (model or fixed_models) and processes > 1:
         raise click.UsageError("--workers > 1 would load the model once per process: serve it with --upstream")
+    fixed: dict[str, str] = {}
+    hint = "--fixed-model"
+    for assignment in fixed_models:
+        name, sep, spec = assignment.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise click.BadParameter(f"{assignment!r} should be NAME=MODEL, e.g. reviewer=demo", param_hint=hint)
+        if name.strip() in fixed or name.strip() == served_model:
+            raise click.BadParameter(f"the model name {name.strip()!r} is used twice", param_hint=hint)
+        fixed[name.strip()] = spec.strip()
+    if fixed and not (model or upstream_urls):
+        raise click.UsageError("--fixed-model serves beside the policy: give --model or --upstream too")
     config = ServerConfig(
         host=host,
         port=port,
@@ -176,6 +196,7 @@ def serve(
         upstream_urls=list(upstream_urls),
         upstream_model=upstream_model,
         upstream_api_key=upstream_api_key,
+        fixed_models=fixed,
         require_attempt=require_attempt,
         strict_token_fidelity=strict_token_fidelity,
     )
@@ -183,6 +204,7 @@ def serve(
     if config.model:
         source = f"upstream {', '.join(upstream_urls)}" if upstream_urls else config.model
         gateway_note = f"\ngateway: http://{host}:{port}/v1 serves model {served_model!r} ({source})"
+        gateway_note += "".join(f", fixed model {name!r} ({spec})" for name, spec in fixed.items())
     if processes > 1:
         console.print(
             f"agentbolt {__version__} serving on http://{host}:{port}  (docs: /docs, store: {_safe_url(store_url)})"
@@ -199,13 +221,14 @@ def serve(
             access_log=verbose,
         )
         return
-    from agentbolt.gateway.backend import backend_from_config
+    from agentbolt.gateway.backend import backend_from_config, fixed_backends_from_config
     from agentbolt.server import create_app
 
     try:
         if config.model:
-            console.print(f"loading {config.model} ...")
+            console.print(f"loading {', '.join([config.model, *fixed.values()])} ...")
         backend = backend_from_config(config)
+        fixed_backends = fixed_backends_from_config(config)
     except AgentboltError as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
@@ -215,15 +238,16 @@ def serve(
     )
     try:
         uvicorn.run(
-            create_app(config, backend=backend),
+            create_app(config, backend=backend, fixed=fixed_backends),
             host=host,
             port=port,
             log_level="info" if verbose else "warning",
             access_log=verbose,
         )
     finally:
-        if backend is not None:
-            asyncio.run(backend.aclose())
+        for b in [backend, *fixed_backends]:
+            if b is not None:
+                asyncio.run(b.aclose())
 
 
 def _safe_url(url: str) -> str:

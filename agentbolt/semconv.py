@@ -77,3 +77,4 @@ LLM_LATENCY_S = "agentbolt.llm.latency_s"  # float: request received -> response
 LLM_STREAM = "agentbolt.llm.stream"  # bool
 LLM_AGENT_NAME = "agentbolt.llm.agent_name"  # str: agent named by the X-Agentbolt-Agent header, if any
 LLM_FIDELITY_MISMATCH = "agentbolt.llm.fidelity_mismatch"  # bool: prompt did not extend the previous turn's ids
+LLM_FIXED = "agentbolt.llm.fixed"  # bool: served by a fixed (never trained) model, not the policy; absent = policy

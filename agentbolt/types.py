@@ -361,6 +361,12 @@ class ServerConfig(_Model):
     )
     upstream_model: str | None = Field(default=None, description="Model name the upstream engines serve.")
     upstream_api_key: str | None = Field(default=None, repr=False, description="API key of the upstream engines.")
+    fixed_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fixed models the gateway serves beside the policy, name -> model (like `model`), each on an "
+        "embedded engine whose weights never change: for agents that call the gateway but are not trained. Their "
+        "calls are traced (marked agentbolt.llm.fixed) and never become transitions.",
+    )
     require_attempt: bool = Field(
         default=False, description="Refuse gateway calls that name no rollout attempt (else stored unattributed)."
     )
@@ -1148,6 +1154,12 @@ class TrainConfig(_Model):
         "a local model directory, or a Hugging Face id.",
     )
     served_model_name: str = Field(default="policy", description="Model name the gateway serves the policy as.")
+    fixed_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fixed models the gateway serves beside the policy, name -> model (like `model`), each on an "
+        "embedded engine whose weights never change: for agents that call the gateway but are not trained. Their "
+        "calls are traced (marked agentbolt.llm.fixed) and never become transitions.",
+    )
     train_tasks: TaskSource = Field(description="Training tasks.")
     val_tasks: TaskSource | None = Field(default=None, description="Held-out tasks for validation; None skips it.")
     steps: int = Field(default=20, ge=0, description="Policy updates to run.")

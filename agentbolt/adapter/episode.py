@@ -14,8 +14,9 @@ The rules, in the order they apply:
 * **Transitions.** A transition is one gateway LLM-call span (``gen_ai.operation.name`` chat or
   text_completion carrying ``agentbolt.llm.*`` attributes; LLM spans of client-side instrumentation
   carry none and are ignored). They are ordered by the attempt's sequence ids, never by clocks.
-* **Drops**, checked in this order and counted by reason: ``model_filtered`` (not a policy model named
-  in ``AdapterConfig.models``), ``agent_filtered`` (agent not selected), ``missing_token_ids``,
+* **Drops**, checked in this order and counted by reason: ``fixed_model`` (served by one of the gateway's
+  fixed models, ``agentbolt.llm.fixed``: those weights are never trained), ``model_filtered`` (not a
+  policy model named in ``AdapterConfig.models``), ``agent_filtered`` (agent not selected), ``missing_token_ids``,
   ``missing_logprobs``, ``logprob_mismatch`` (not one per response token), ``bad_logprobs`` (not
   finite), ``empty_response``, ``retokenized`` (only with ``drop_retokenized``), ``prompt_too_long``,
   ``response_too_long`` (dropped whole: truncating would train on a context the model never saw).
@@ -220,6 +221,8 @@ def _transition(
     call: Span, by_id: dict[str, Span], scopes: list[Span], config: AdapterConfig
 ) -> tuple[Transition | None, str | None]:
     """The call as a transition, or (None, why it is dropped)."""
+    if _attr(call, semconv.LLM_FIXED) is True:
+        return None, "fixed_model"
     models = [m for m in (_attr(call, semconv.GEN_AI_REQUEST_MODEL), _attr(call, semconv.GEN_AI_RESPONSE_MODEL)) if m]
     if config.models is not None and not any(_matches(str(m), config.models) for m in models):
         return None, "model_filtered"

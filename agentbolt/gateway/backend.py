@@ -105,3 +105,24 @@ def backend_from_config(config: ServerConfig) -> Backend | None:
 
         return EngineBackend(Engine.load(config.model), config.served_model)
     return None
+
+
+def fixed_backends_from_config(config: ServerConfig, **engine_kwargs: Any) -> list[EngineBackend]:
+    """An embedded engine for each of ``config.fixed_models`` (served beside the policy, never updated).
+
+    ``engine_kwargs`` go to each :class:`~agentbolt.engine.Engine` (device, batch size...).
+
+    Raises:
+        ModelUnavailable: a model could not be loaded (engines loaded before it are closed).
+    """
+    from agentbolt.engine import Engine
+
+    backends: list[EngineBackend] = []
+    try:
+        for name, spec in config.fixed_models.items():
+            backends.append(EngineBackend(Engine.load(spec, **engine_kwargs), name))
+    except BaseException:
+        for backend in backends:
+            backend.engine.close()
+        raise
+    return backends

@@ -1,8 +1,12 @@
 """One gateway call, from request body to generated choices and their spans.
 
-:class:`Gateway` holds what outlives a call (backend, span recorder, attempt gate, fidelity tracker,
-counters). A call is prepared first (everything that can refuse it, before any generation: a refused
-call costs no compute and stores nothing), then generated (``n`` requests submitted together, so the
+:class:`Gateway` holds what outlives a call (the served models, span recorder, attempt gate, fidelity
+tracker, counters). It serves the policy model and, optionally, fixed models: models agents may call by name
+(e.g. the untrained agents of a multi-agent system) whose calls are traced like the policy's but marked
+``agentbolt.llm.fixed``, so the adapter never trains on them.
+
+A call is prepared first (everything that can refuse it, before any generation: a refused call costs no
+compute and stores nothing), then generated (``n`` requests submitted together, so the
 engine batches them), then recorded (one span per choice, handed to the batching recorder).
 """
 
@@ -13,7 +17,7 @@ import json
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,10 +59,24 @@ _COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for the le
 
 
 @dataclass
+class Served:
+    """One model the gateway serves: its backend and its tokenizer's text helper."""
+
+    backend: Backend
+    text: TokenText
+    fixed: bool  # a fixed model: traced, never trained (the policy is the one model that is not fixed)
+
+    @property
+    def system(self) -> str:
+        return str(getattr(self.backend, "system", "openai"))
+
+
+@dataclass
 class Prepared:
     """A call that passed every check, ready to generate."""
 
     operation: Operation
+    served: Served
     context: CallContext
     request_model: str
     input_messages: Any  # the request's messages (chat) or prompt (completions), for the span
@@ -146,21 +164,28 @@ class Gateway:
     """The OpenAI-compatible gateway's state and call pipeline.
 
     Args:
-        backend: the model the gateway serves.
+        backend: the policy model the gateway serves.
         store: where spans go.
         config: the server's settings (``require_attempt``, ``strict_token_fidelity``, ``max_n``...).
+        fixed: fixed models served beside the policy, each under its own ``model_name``.
+
+    Raises:
+        BadInput: two models share a name.
     """
 
-    def __init__(self, backend: Backend, store: Store, config: ServerConfig) -> None:
+    def __init__(self, backend: Backend, store: Store, config: ServerConfig, fixed: Sequence[Backend] = ()) -> None:
         self.backend = backend
+        self.models: dict[str, Served] = {}
+        for b in (backend, *fixed):
+            if b.model_name in self.models:
+                raise BadInput(f"two served models are named {b.model_name!r}: give each its own name")
+            self.models[b.model_name] = Served(b, TokenText(b.tokenizer), fixed=b is not backend)
         self.config = config
         self.store = store
-        self.text = TokenText(backend.tokenizer)
         self.recorder = SpanRecorder(store, interval_s=config.span_flush_interval_s)
         self.gate = AttemptGate(store)
         self.fidelity = FidelityTracker()
         self.fidelity_refused: Counter[str] = Counter()  # strict-mode refusals per rollout (never stored)
-        self.system = str(getattr(backend, "system", "openai"))
         self.started = int(time.time())
         self.calls = 0
         self.refused = 0
@@ -184,10 +209,12 @@ class Gateway:
 
     # --- preparing --------------------------------------------------------------------------------
 
-    async def _admit(self, context: CallContext, model: str) -> None:
-        if model != self.backend.model_name:
+    async def _admit(self, context: CallContext, model: str) -> Served:
+        served = self.models.get(model)
+        if served is None:
+            names = ", ".join(repr(name) for name in self.models)
             raise GatewayError(
-                f"model {model!r} is not served here; this gateway serves {self.backend.model_name!r} (GET /v1/models)",
+                f"model {model!r} is not served here; this gateway serves {names} (GET /v1/models)",
                 status=404,
                 code="model_not_found",
                 param="model",
@@ -201,17 +228,21 @@ class Gateway:
                     status=403,
                     code="attempt_required",
                 )
-            return
+            return served
         assert context.rollout_id is not None
         await self.gate.check(context.rollout_id, context.attempt_id)
+        return served
 
-    def _limits(self, n: int, prompt_ids: list[int], max_tokens: int | None, default_max: int) -> int:
+    def _limits(
+        self, served: Served, n: int, prompt_ids: list[int], max_tokens: int | None, default_max: int
+    ) -> int:
         if n > self.config.max_n:
             raise GatewayError(f"n is {n}, above this server's limit of {self.config.max_n}", param="n")
-        room = self.backend.max_context - len(prompt_ids)
+        max_context = served.backend.max_context
+        room = max_context - len(prompt_ids)
         if room < 1:
             raise GatewayError(
-                f"the prompt has {len(prompt_ids)} tokens; the model's context holds {self.backend.max_context} "
+                f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_context} "
                 "tokens (prompt and response together): shorten the conversation",
                 param="messages",
                 code="context_length_exceeded",
@@ -221,7 +252,7 @@ class Gateway:
         if max_tokens > room:
             raise GatewayError(
                 f"the prompt has {len(prompt_ids)} tokens and max_tokens is {max_tokens}: together more than the "
-                f"model's context of {self.backend.max_context} tokens; lower max_tokens to at most {room}",
+                f"model's context of {max_context} tokens; lower max_tokens to at most {room}",
                 param="max_tokens",
                 code="context_length_exceeded",
             )
@@ -229,6 +260,7 @@ class Gateway:
 
     def _generation_requests(
         self,
+        served: Served,
         req: ChatCompletionRequest | CompletionRequest,
         prompt_ids: list[int],
         max_new: int,
@@ -241,7 +273,7 @@ class Gateway:
         if req.logit_bias:
             raise GatewayError("logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
         # A stop string that is one token lets the engine stop right there instead of running on.
-        stop_ids = sorted({ids[0] for s in stops if len(ids := self.text.encode(s, special_tokens=False)) == 1})
+        stop_ids = sorted({ids[0] for s in stops if len(ids := served.text.encode(s, special_tokens=False)) == 1})
         requests = [
             GenerationRequest(
                 prompt_token_ids=prompt_ids,
@@ -255,7 +287,7 @@ class Gateway:
             for i in range(req.n)
         ]
         try:
-            self.backend.check_request(requests[0])
+            served.backend.check_request(requests[0])
         except BadInput as exc:
             param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
             raise GatewayError(str(exc), param=param) from None
@@ -268,7 +300,7 @@ class Gateway:
             GatewayError, NotFound: the call is refused (4xx); nothing is generated or stored.
         """
         req: ChatCompletionRequest = _validate(ChatCompletionRequest, body)
-        await self._admit(context, req.model)
+        served = await self._admit(context, req.model)
         if req.response_format is not None and req.response_format.type != "text":
             raise GatewayError(
                 f"response_format {req.response_format.type!r} needs constrained decoding, which this engine does not "
@@ -297,16 +329,16 @@ class Gateway:
         except BadInput as exc:
             raise GatewayError(str(exc), param="messages") from None
         try:
-            prompt_ids = self.text.chat_prompt(rendered)
+            prompt_ids = served.text.chat_prompt(rendered)
         except Exception as exc:  # the model's own Jinja template refused (e.g. roles must alternate)
             raise GatewayError(
                 f"the model's chat template cannot render these messages: {exc}", param="messages"
             ) from None
         max_new = self._limits(
-            req.n, prompt_ids, req.max_completion_tokens or req.max_tokens, self.config.default_max_tokens
+            served, req.n, prompt_ids, req.max_completion_tokens or req.max_tokens, self.config.default_max_tokens
         )
         stops = req.stop_strings()
-        requests = self._generation_requests(req, prompt_ids, max_new, req.top_logprobs or 0, stops)
+        requests = self._generation_requests(served, req, prompt_ids, max_new, req.top_logprobs or 0, stops)
         keys, mismatch = None, None
         if context.attempt_id is not None:
             keys = tuple(message_key(m) for m in messages)
@@ -324,6 +356,7 @@ class Gateway:
                 )
         return Prepared(
             operation="chat",
+            served=served,
             context=context,
             request_model=req.model,
             input_messages=messages,
@@ -353,7 +386,7 @@ class Gateway:
                     param="prompt",
                 )
         req: CompletionRequest = _validate(CompletionRequest, body)
-        await self._admit(context, req.model)
+        served = await self._admit(context, req.model)
         for name, ok in (
             ("echo", not req.echo),
             ("suffix", req.suffix is None),
@@ -361,14 +394,15 @@ class Gateway:
         ):
             if not ok:
                 raise GatewayError(f"{name} is not supported", param=name, code="unsupported_parameter")
-        prompt_ids = self.text.encode(req.prompt, special_tokens=True) if isinstance(req.prompt, str) else req.prompt
+        prompt_ids = served.text.encode(req.prompt, special_tokens=True) if isinstance(req.prompt, str) else req.prompt
         if not prompt_ids:
             raise GatewayError("the prompt is empty", param="prompt")
-        max_new = self._limits(req.n, list(prompt_ids), req.max_tokens, _COMPLETIONS_DEFAULT_MAX_TOKENS)
+        max_new = self._limits(served, req.n, list(prompt_ids), req.max_tokens, _COMPLETIONS_DEFAULT_MAX_TOKENS)
         stops = req.stop_strings()
-        requests = self._generation_requests(req, list(prompt_ids), max_new, req.logprobs or 0, stops)
+        requests = self._generation_requests(served, req, list(prompt_ids), max_new, req.logprobs or 0, stops)
         return Prepared(
             operation="text_completion",
+            served=served,
             context=context,
             request_model=req.model,
             input_messages=req.prompt,
@@ -393,7 +427,8 @@ class Gateway:
             BadInput, UpstreamError, EngineClosed: the backend failed; nothing is recorded.
         """
         affinity = call.context.rollout_id
-        results = await asyncio.gather(*(self.backend.generate(r, affinity=affinity) for r in call.requests))
+        backend = call.served.backend
+        results = await asyncio.gather(*(backend.generate(r, affinity=affinity) for r in call.requests))
         ended = time.time_ns()
         choices = [self._choice(i, result, call) for i, result in enumerate(results)]
         self.calls += 1
@@ -407,7 +442,8 @@ class Gateway:
         return choices
 
     def _choice(self, index: int, result: GenerationResult, call: Prepared) -> Choice:
-        response = response_text(self.text, result.response_token_ids, self.backend.eos_token_ids, call.stops)
+        served = call.served
+        response = response_text(served.text, result.response_token_ids, served.backend.eos_token_ids, call.stops)
         finish: str = "stop" if response.stopped else result.finish_reason
         content: str | None = response.text
         tool_calls: list[dict[str, Any]] = []
@@ -422,8 +458,9 @@ class Gateway:
     def _record(self, call: Prepared, choices: list[Choice], ended_ns: int) -> None:
         context = call.context
         latency = (ended_ns - context.received_ns) / 1e9
-        model_name = self.backend.model_name
-        system = self.system
+        model_name = call.served.backend.model_name
+        system = call.served.system
+        fixed = call.served.fixed
 
         def build() -> list[SpanIn]:
             # Runs in the recorder's writer, not on the response path.
@@ -463,6 +500,8 @@ class Gateway:
                     attributes[semconv.LLM_AGENT_NAME] = context.agent_name
                 if call.fidelity_mismatch is not None:
                     attributes[semconv.LLM_FIDELITY_MISMATCH] = call.fidelity_mismatch
+                if fixed:
+                    attributes[semconv.LLM_FIXED] = True
                 spans.append(
                     SpanIn.model_construct(
                         rollout_id=context.rollout_id,

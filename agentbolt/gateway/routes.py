@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from agentbolt import semconv
 from agentbolt.errors import AgentboltError
 from agentbolt.gateway.attribution import call_context
-from agentbolt.gateway.calls import Gateway, Prepared
+from agentbolt.gateway.calls import Gateway, Prepared, Served
 from agentbolt.gateway.errors import GatewayError, error_body, error_response
 from agentbolt.gateway.responses import (
     chat_completion,
@@ -104,13 +104,13 @@ async def _serve(request: Request, rollout_id: str | None, attempt_id: str | Non
         choices = await gateway.generate(call)
     except AgentboltError as exc:
         return error_response(exc)
-    model = gateway.backend.model_name
+    model = call.served.backend.model_name
     build = chat_completion if chat else completion
-    return Response(build(call, choices, model, gateway.text), media_type="application/json")
+    return Response(build(call, choices, model, call.served.text), media_type="application/json")
 
 
 async def _stream(gateway: Gateway, call: Prepared, chat: bool) -> AsyncIterator[bytes]:
-    model = gateway.backend.model_name
+    model = call.served.backend.model_name
     if chat:
         yield chat_role_chunks(call, model)
     try:
@@ -119,7 +119,7 @@ async def _stream(gateway: Gateway, call: Prepared, chat: bool) -> AsyncIterator
         yield sse(error_body(str(exc), exc.code))
         return
     body = chat_stream_body if chat else completion_stream_body
-    for event in body(call, choices, model, gateway.text):
+    for event in body(call, choices, model, call.served.text):
         yield event
 
 
@@ -162,25 +162,28 @@ async def attempt_completions(request: Request, rollout_id: str, attempt_id: str
     return await _serve(request, rollout_id, attempt_id, chat=False)
 
 
-def _model_card(gateway: Gateway) -> ModelCard:
-    return ModelCard(id=gateway.backend.model_name, created=gateway.started, max_model_len=gateway.backend.max_context)
+def _model_card(gateway: Gateway, served: Served) -> ModelCard:
+    backend = served.backend
+    return ModelCard(id=backend.model_name, created=gateway.started, max_model_len=backend.max_context)
 
 
 @router.get("/v1/models", response_model=ModelList)
 @router.get(ATTEMPT_PREFIX + "/v1/models", response_model=ModelList, include_in_schema=False)
 async def list_models(request: Request) -> ModelList:
-    """The model this gateway serves."""
-    return ModelList(data=[_model_card(_gateway(request))])
+    """The models this gateway serves: the policy first, then any fixed models."""
+    gateway = _gateway(request)
+    return ModelList(data=[_model_card(gateway, served) for served in gateway.models.values()])
 
 
 @router.get("/v1/models/{model}", response_model=ModelCard)
 @router.get(ATTEMPT_PREFIX + "/v1/models/{model}", response_model=ModelCard, include_in_schema=False)
 async def get_model(request: Request, model: str) -> ModelCard:
-    """One model by name (404 unless it is the one served)."""
+    """One model by name (404 unless it is served here)."""
     gateway = _gateway(request)
-    if model != gateway.backend.model_name:
+    served = gateway.models.get(model)
+    if served is None:
         raise GatewayError(f"model {model!r} is not served here", status=404, code="model_not_found", param="model")
-    return _model_card(gateway)
+    return _model_card(gateway, served)
 
 
 @router.get("/api/rollouts/{rollout_id}/fidelity", response_model=FidelityReport)

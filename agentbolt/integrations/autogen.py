@@ -50,6 +50,8 @@ def model_client(llm: LLM, agent: str | None = None, **kwargs: Any) -> OpenAICha
         llm: the ``llm`` the agent function was given.
         agent: the agent's name (sent as ``X-Agentbolt-Agent``), used to select which agents train.
         kwargs: other client arguments (temperature, max_tokens, ``model_info`` to override the default...).
+        model: keyword; the served model to call: default ``llm.model`` (the policy), or the name of one of
+            the gateway's fixed models (``fixed_models`` in the train config) for an agent that stays fixed.
 
     Raises:
         ImportError: ``autogen-ext[openai]`` is not installed.
@@ -58,7 +60,7 @@ def model_client(llm: LLM, agent: str | None = None, **kwargs: Any) -> OpenAICha
     headers = {**(kwargs.pop("default_headers", None) or {}), **agent_headers(agent)}
     model_info = kwargs.pop("model_info", None) or dict(DEFAULT_MODEL_INFO)
     return models.OpenAIChatCompletionClient(
-        model=llm.model,
+        model=kwargs.pop("model", None) or llm.model,
         base_url=llm.base_url,
         api_key=llm.api_key,
         model_info=model_info,

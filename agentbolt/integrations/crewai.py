@@ -38,8 +38,11 @@ def llm(llm: LLM, agent: str | None = None, **kwargs: Any) -> Any:
         llm: the ``llm`` the agent function was given.
         agent: the agent's name (sent as ``X-Agentbolt-Agent``), used to select which agents train. Give each
             CrewAI agent its own ``LLM``; an agent whose name the training config does not select still runs
-            on the same gateway but never trains.
+            on the same gateway (on the policy's current weights unless ``model`` names a fixed model) but
+            never trains.
         kwargs: other ``crewai.LLM`` arguments (temperature, max_tokens, ...).
+        model: keyword; the served model to call: default ``llm.model`` (the policy), or the name of one of
+            the gateway's fixed models (``fixed_models`` in the train config) for an agent that stays fixed.
 
     Raises:
         ImportError: ``crewai`` is not installed.
@@ -47,7 +50,7 @@ def llm(llm: LLM, agent: str | None = None, **kwargs: Any) -> Any:
     crewai = require("crewai", EXTRA)
     headers = {**(kwargs.pop("default_headers", None) or {}), **agent_headers(agent)}
     return crewai.LLM(
-        model=llm.model,
+        model=kwargs.pop("model", None) or llm.model,
         provider="openai",
         base_url=llm.base_url,
         api_key=llm.api_key,

@@ -36,6 +36,8 @@ def chat_model(llm: LLM, agent: str | None = None, **kwargs: Any) -> ChatOpenAI:
         llm: the ``llm`` the agent function was given.
         agent: the agent's name (sent as ``X-Agentbolt-Agent``), used to select which agents train.
         kwargs: any other ``ChatOpenAI`` argument (temperature, max_tokens, ...).
+        model: keyword; the served model to call: default ``llm.model`` (the policy), or the name of one of
+            the gateway's fixed models (``fixed_models`` in the train config) for an agent that stays fixed.
 
     Raises:
         ImportError: ``langchain-openai`` is not installed.
@@ -43,7 +45,11 @@ def chat_model(llm: LLM, agent: str | None = None, **kwargs: Any) -> ChatOpenAI:
     langchain_openai = require("langchain_openai", EXTRA)
     headers = {**(kwargs.pop("default_headers", None) or {}), **agent_headers(agent)}
     return langchain_openai.ChatOpenAI(
-        model=llm.model, base_url=llm.base_url, api_key=llm.api_key, default_headers=headers or None, **kwargs
+        model=kwargs.pop("model", None) or llm.model,
+        base_url=llm.base_url,
+        api_key=llm.api_key,
+        default_headers=headers or None,
+        **kwargs,
     )
 
 

@@ -44,6 +44,8 @@ def model(llm: LLM, agent: str | None = None, **client_kwargs: Any) -> OpenAICha
         llm: the ``llm`` the agent function was given.
         agent: the agent's name (sent as ``X-Agentbolt-Agent``), used to select which agents train.
         client_kwargs: other ``AsyncOpenAI`` arguments (timeout, max_retries, ...).
+        model: keyword; the served model to call: default ``llm.model`` (the policy), or the name of one of
+            the gateway's fixed models (``fixed_models`` in the train config) for an agent that stays fixed.
 
     Raises:
         ImportError: ``openai-agents`` is not installed.
@@ -52,10 +54,11 @@ def model(llm: LLM, agent: str | None = None, **client_kwargs: Any) -> OpenAICha
     openai = require("openai", EXTRA)
     install_tracing()
     headers = {**(client_kwargs.pop("default_headers", None) or {}), **agent_headers(agent)}
+    served = client_kwargs.pop("model", None) or llm.model
     client = openai.AsyncOpenAI(
         base_url=llm.base_url, api_key=llm.api_key, default_headers=headers or None, **client_kwargs
     )
-    return agents.OpenAIChatCompletionsModel(model=llm.model, openai_client=client)
+    return agents.OpenAIChatCompletionsModel(model=served, openai_client=client)
 
 
 def install_tracing() -> None:

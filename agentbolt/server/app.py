@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from agentbolt import __version__
-from agentbolt.errors import AgentboltError
+from agentbolt.errors import AgentboltError, BadInput
 from agentbolt.gateway.backend import Backend, backend_from_config
 from agentbolt.gateway.calls import Gateway
 from agentbolt.gateway.routes import openapi_schemas
@@ -73,19 +73,27 @@ def _agentbolt_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.code), status_code=exc.http_status)
 
 
-def create_app(config: ServerConfig, store: Store | None = None, backend: Backend | None = None) -> ASGIApp:
+def create_app(
+    config: ServerConfig,
+    store: Store | None = None,
+    backend: Backend | None = None,
+    fixed: Sequence[Backend] = (),
+) -> ASGIApp:
     """The server's ASGI app. Opens ``store`` (or one built from ``config.store_url``) on start-up.
 
-    With a ``backend`` the app also serves the OpenAI-compatible gateway (``/v1/chat/completions``...)
-    and records its calls as spans; shutting down writes every pending span. The backend stays the
-    caller's to close.
+    With a ``backend`` (the policy) the app also serves the OpenAI-compatible gateway
+    (``/v1/chat/completions``...) and records its calls as spans; shutting down writes every pending span.
+    ``fixed`` models are served beside it under their own names (see :class:`~agentbolt.gateway.calls.Gateway`).
+    The backends stay the caller's to close.
 
     The returned app is the FastAPI app wrapped in the size and API-key guards; the FastAPI app
     itself is reachable as ``app.fastapi`` for tests and OpenAPI export.
     """
     store = store or Store(config.store_url)
     signals = QueueSignals()
-    gateway = Gateway(backend, store, config) if backend is not None else None
+    if fixed and backend is None:
+        raise BadInput("fixed models are served by the gateway, which needs the policy model too")
+    gateway = Gateway(backend, store, config, fixed) if backend is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

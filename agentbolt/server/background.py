@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 import uvicorn
@@ -25,14 +26,15 @@ class BackgroundServer:
     """A real uvicorn server on its own thread and event loop. Use as a context manager.
 
     Port 0 in the config picks a free port; ``url`` is the address to reach it at. With a ``backend``
-    the server also runs the OpenAI-compatible gateway on it (the backend stays the caller's to close).
+    the server also runs the OpenAI-compatible gateway on it, serving the ``fixed`` models beside it (the
+    backends stay the caller's to close).
     """
 
-    def __init__(self, config: ServerConfig, backend: Backend | None = None) -> None:
+    def __init__(self, config: ServerConfig, backend: Backend | None = None, fixed: Sequence[Backend] = ()) -> None:
         if config.port == 0:
             config = config.model_copy(update={"port": free_port(config.host)})
         self.config = config
-        self.app = create_app(config, backend=backend)
+        self.app = create_app(config, backend=backend, fixed=fixed)
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host=config.host, port=config.port, log_level="warning", access_log=False)
         )

@@ -106,7 +106,7 @@ class TrainingRun:
     def run(self) -> dict[str, Any]:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
         from agentbolt.engine import Engine, load_tokenizer_and_model
-        from agentbolt.gateway.backend import EngineBackend
+        from agentbolt.gateway.backend import EngineBackend, fixed_backends_from_config
         from agentbolt.server.background import BackgroundServer
         from agentbolt.trainer.checkpoint import list_checkpoints
         from agentbolt.trainer.metrics import MetricsLog, write_reward_curve
@@ -118,16 +118,21 @@ class TrainingRun:
         started = time.monotonic()
 
         tokenizer, model = load_tokenizer_and_model(cfg.model)
-        engine = Engine(
-            copy.deepcopy(model),
-            tokenizer,
-            device=cfg.engine.device,
-            max_batch_size=cfg.engine.max_batch_size,
-            batch_wait_s=cfg.engine.batch_wait_s,
-        )
+        engine_kwargs: dict[str, Any] = {
+            "device": cfg.engine.device,
+            "max_batch_size": cfg.engine.max_batch_size,
+            "batch_wait_s": cfg.engine.batch_wait_s,
+        }
+        engine = Engine(copy.deepcopy(model), tokenizer, **engine_kwargs)
         backend = EngineBackend(engine, cfg.served_model_name)
-        server_config = ServerConfig(port=0, store_url=f"sqlite+aiosqlite:///{self.run_dir / 'agentbolt.db'}")
-        with BackgroundServer(server_config, backend=backend) as server, self._workers(server.url):
+        server_config = ServerConfig(
+            port=0,
+            store_url=f"sqlite+aiosqlite:///{self.run_dir / 'agentbolt.db'}",
+            served_model=cfg.served_model_name,
+            fixed_models=cfg.fixed_models,
+        )
+        fixed = fixed_backends_from_config(server_config, **engine_kwargs)  # served as they are, never updated
+        with BackgroundServer(server_config, backend=backend, fixed=fixed) as server, self._workers(server.url):
             self.server_url = server.url
             self._say(
                 f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
@@ -146,6 +151,8 @@ class TrainingRun:
             finally:
                 metrics.close()
         engine.close()
+        for b in fixed:
+            b.engine.close()
         curve = write_reward_curve(metrics.history, self.run_dir / "reward_curve.png")
         summary.update(wall_clock_s=time.monotonic() - started, run_dir=str(self.run_dir), reward_curve=str(curve))
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -60,9 +60,9 @@ def make_tasks(
         max_number: largest operand of + and - (operands are drawn from 2..max_number).
         ops: which operations to use, any of "+", "-", "*".
         max_product_factor: largest operand of "*" (kept small so products stay easy).
-        temperature: when given, each task asks the agent to sample at it (e.g. 0 for greedy validation).
         style: "word" for a short story, "expression" for the bare question ``What is 14 + 7?`` (easier
             for a tiny model: higher untrained success when sampling at temperature 1).
+        temperature: when given, each task asks the agent to sample at it (e.g. 0 for greedy validation).
 
     Returns:
         dicts with ``question`` (str), ``answer`` (int), ``op``, ``a``, ``b``, ``split`` and ``id``

@@ -36,8 +36,12 @@ def final_number(text: str) -> float | None:
 
 @agentbolt.rollout
 async def calculator_agent(task: dict[str, Any], llm: agentbolt.LLM) -> float:
-    """One rollout: 1.0 when the agent's last number equals ``task["answer"]``, else 0.0."""
-    client = ab_autogen.model_client(llm, agent="calculator", max_tokens=MAX_TOKENS)
+    """One rollout: 1.0 when the agent's last number equals ``task["answer"]``, else 0.0.
+
+    ``task["temperature"]`` (optional, default 1.0) is the sampling temperature (0 in validation).
+    """
+    temperature = float(task.get("temperature", 1.0))
+    client = ab_autogen.model_client(llm, agent="calculator", max_tokens=MAX_TOKENS, temperature=temperature)
     agent = AssistantAgent(
         name="calculator",
         model_client=client,

@@ -31,7 +31,7 @@ def search_documents(query: str) -> str:
     return json.dumps(search(query))
 
 
-def build_agent(llm: agentbolt.LLM) -> Agent[Any]:
+def build_agent(llm: agentbolt.LLM, temperature: float = 1.0) -> Agent[Any]:
     from agents import ModelSettings
 
     return Agent(
@@ -39,17 +39,21 @@ def build_agent(llm: agentbolt.LLM) -> Agent[Any]:
         instructions=INSTRUCTIONS,
         tools=[search_documents],
         model=ab_agents.model(llm, agent="researcher"),
-        model_settings=ModelSettings(max_tokens=MAX_TOKENS),
+        model_settings=ModelSettings(max_tokens=MAX_TOKENS, temperature=temperature),
     )
 
 
 @agentbolt.rollout
 async def retrieval_agent(task: dict[str, Any], llm: agentbolt.LLM) -> None:
-    """One rollout: answer ``task["question"]``; reports the reward's dimensions (primary: ``total``)."""
+    """One rollout: answer ``task["question"]``; reports the reward's dimensions (primary: ``total``).
+
+    ``task["temperature"]`` (optional, default 1.0) is the sampling temperature (0 in validation).
+    """
     from agents.exceptions import MaxTurnsExceeded
 
     try:
-        result = await Runner.run(build_agent(llm), task["question"], max_turns=MAX_TURNS)
+        agent = build_agent(llm, float(task.get("temperature", 1.0)))
+        result = await Runner.run(agent, task["question"], max_turns=MAX_TURNS)
         output = str(result.final_output) if result.final_output is not None else None
     except MaxTurnsExceeded as exc:  # a model that keeps calling tools gets no answer in: reward 0
         agentbolt.emit_exception(exc)

@@ -60,9 +60,10 @@ def schema_text(db: sqlite3.Connection) -> str:
     return "\n".join(" ".join(sql.split()) + ";" for (sql,) in rows)
 
 
-def build_graph(llm: agentbolt.LLM, db: sqlite3.Connection) -> Any:
-    """The LangGraph state graph of one rollout (its models point at this rollout's gateway URL)."""
-    writer = ab_langchain.chat_model(llm, agent="writer", max_tokens=MAX_TOKENS, temperature=1.0)
+def build_graph(llm: agentbolt.LLM, db: sqlite3.Connection, temperature: float = 1.0) -> Any:
+    """The LangGraph state graph of one rollout (its models point at this rollout's gateway URL); the writer
+    samples at ``temperature``."""
+    writer = ab_langchain.chat_model(llm, agent="writer", max_tokens=MAX_TOKENS, temperature=temperature)
     checker = ab_langchain.chat_model(llm, agent="checker", max_tokens=CHECK_MAX_TOKENS, temperature=0.0)
     system = WRITER_PROMPT.format(schema=schema_text(db))
 
@@ -120,10 +121,13 @@ def build_graph(llm: agentbolt.LLM, db: sqlite3.Connection) -> Any:
 
 @agentbolt.rollout
 def sql_agent(task: dict[str, Any], llm: agentbolt.LLM) -> float:
-    """One rollout: answer ``task["question"]``; reward 1.0 when the final query's result set matches the gold's."""
+    """One rollout: answer ``task["question"]``; reward 1.0 when the final query's result set matches the gold's.
+
+    ``task["temperature"]`` (optional, default 1.0) is the writer's sampling temperature (0 in validation).
+    """
     db = open_database()
     try:
-        graph = build_graph(llm, db)
+        graph = build_graph(llm, db, float(task.get("temperature", 1.0)))
         final = graph.invoke(
             {"question": task["question"], "turns": 0},
             config={"callbacks": ab_langchain.callbacks(), "recursion_limit": 4 * MAX_TURNS + 4},

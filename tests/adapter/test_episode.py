@@ -142,6 +142,16 @@ def test_model_filter_keeps_only_the_policy_models() -> None:
     assert result.transitions_dropped == {"model_filtered": 1}
 
 
+def test_calls_of_a_fixed_model_are_never_transitions_whatever_the_selection() -> None:
+    a = AttemptSpans()
+    a.llm(agent="solver")
+    a.llm(agent="reviewer", model="reviewer", extra={semconv.LLM_FIXED: True})
+    for config in (AdapterConfig(), AdapterConfig(agents=["solver", "reviewer"])):
+        result = build_episode(rollout(), a.spans, config)
+        assert [t.agent_name for t in result.episode.transitions] == ["solver"]  # type: ignore[union-attr]
+        assert result.transitions_dropped == {"fixed_model": 1}
+
+
 # -- drops ---------------------------------------------------------------------------------------
 
 

@@ -144,10 +144,10 @@ def test_update_weights_rejects_a_mismatched_state_dict(engine: Engine) -> None:
 
 
 async def test_context_overflow_and_unknown_token_ids_are_bad_input(engine: Engine) -> None:
-    assert engine.max_context == 512
-    with pytest.raises(BadInput, match="context length of 512"):
-        await engine.generate(GenerationRequest(prompt_token_ids=[1] * 500, max_new_tokens=13))
+    assert engine.max_context == 2048
+    with pytest.raises(BadInput, match="context length of 2048"):
+        await engine.generate(GenerationRequest(prompt_token_ids=[1] * 2036, max_new_tokens=13))
     with pytest.raises(BadInput, match="outside the vocabulary"):
         await engine.generate(GenerationRequest(prompt_token_ids=[1, engine.vocab_size]))
-    ok = await engine.generate(GenerationRequest(prompt_token_ids=[1] * 500, max_new_tokens=12, temperature=0))
+    ok = await engine.generate(GenerationRequest(prompt_token_ids=[1] * 2036, max_new_tokens=12, temperature=0))
     assert len(ok.response_token_ids) <= 12

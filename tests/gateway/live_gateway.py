@@ -79,17 +79,17 @@ StartServer = Callable[..., BackgroundServer]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """``start_server(backend, **config)``: a real server with the gateway on a fresh SQLite file."""
+    """``start_server(backend, fixed=(), **config)``: a real server with the gateway on a fresh SQLite file."""
     started: list[BackgroundServer] = []
 
-    def start(backend: Any, **overrides: Any) -> BackgroundServer:
+    def start(backend: Any, fixed: tuple[Any, ...] = (), **overrides: Any) -> BackgroundServer:
         config = ServerConfig(
             port=0,
             store_url=f"sqlite+aiosqlite:///{tmp_path / f'gateway{len(started)}.db'}",
             watchdog_interval_s=0.2,
             **overrides,
         )
-        server = BackgroundServer(config, backend=backend).start()
+        server = BackgroundServer(config, backend=backend, fixed=fixed).start()
         started.append(server)
         return server
 

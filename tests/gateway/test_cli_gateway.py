@@ -24,6 +24,9 @@ def test_fetch_demo_prints_the_path_of_the_cached_gguf() -> None:
         (["--upstream", "http://127.0.0.1:9/v1"], "--tokenizer"),
         (["--model", "demo", "--upstream", "http://127.0.0.1:9/v1", "--tokenizer", "demo"], "not both"),
         (["--tokenizer", "demo"], "--upstream"),
+        (["--model", "tiny", "--fixed-model", "reviewer"], "NAME=MODEL"),
+        (["--model", "tiny", "--fixed-model", "policy=tiny"], "used twice"),
+        (["--fixed-model", "reviewer=tiny"], "beside the policy"),
     ],
 )
 def test_serve_refuses_inconsistent_model_flags(args: list[str], complaint: str) -> None:

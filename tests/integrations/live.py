@@ -43,8 +43,10 @@ class RuleBackend:
 
     system = "scripted"
 
-    def __init__(self, tokenizer: Any, rule: Callable[[str], str], max_context: int = 8192) -> None:
-        self.model_name = MODEL
+    def __init__(
+        self, tokenizer: Any, rule: Callable[[str], str], max_context: int = 8192, model_name: str = MODEL
+    ) -> None:
+        self.model_name = model_name
         self.tokenizer = tokenizer
         self.max_context = max_context
         self.eos_token_ids = frozenset({tokenizer.eos_token_id})
@@ -100,11 +102,19 @@ class Outcome:
 
 
 def run_rollouts(
-    tmp_path: Path, backend: Any, agent: Any, tasks: list[Any], *, concurrency: int = 2, timeout_s: float = 120
+    tmp_path: Path,
+    backend: Any,
+    agent: Any,
+    tasks: list[Any],
+    *,
+    fixed: tuple[Any, ...] = (),
+    concurrency: int = 2,
+    timeout_s: float = 120,
 ) -> Outcome:
-    """Serve ``backend``, enqueue ``tasks``, run a worker until it has claimed them all, return what was stored."""
+    """Serve ``backend`` (and ``fixed`` models), enqueue ``tasks``, run a worker until it has claimed them all,
+    return what was stored."""
     config = ServerConfig(port=0, store_url=f"sqlite+aiosqlite:///{tmp_path / 'integration.db'}")
-    with BackgroundServer(config, backend=backend) as server:
+    with BackgroundServer(config, backend=backend, fixed=fixed) as server:
         body = [{"input": task, "config": {"timeout_s": timeout_s}} for task in tasks]
         created = httpx.post(f"{server.url}/api/rollouts/batch", json=body, timeout=30)
         assert created.status_code == 201, created.text
@@ -137,7 +147,7 @@ def episodes_of(outcome: Outcome, agents: list[str] | None = None) -> list[Episo
 
     Uses the adapter's defaults (client spans placed by clock: by arrival order a tool span can land after the
     next LLM call, since the worker exports its spans in batches). Fails if a rollout gives no episode, or if a
-    call was dropped for any reason but the agent filter.
+    call was dropped for any reason but the agent filter or being a fixed model's.
     """
     episodes = []
     for raw in outcome.rollouts:
@@ -145,7 +155,7 @@ def episodes_of(outcome: Outcome, agents: list[str] | None = None) -> list[Episo
         spans = [Span.model_validate(s) for s in outcome.spans[rollout.rollout_id]]
         result = build_episode(rollout, spans, AdapterConfig(agents=agents))
         assert result.episode is not None, (rollout.rollout_id, result.dropped)
-        assert set(result.transitions_dropped) <= {"agent_filtered"}, result.transitions_dropped
+        assert set(result.transitions_dropped) <= {"agent_filtered", "fixed_model"}, result.transitions_dropped
         assert result.rewards_invalid == 0 and result.rewards_unattributed == 0, result
         episodes.append(result.episode)
     return episodes

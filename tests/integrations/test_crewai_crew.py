@@ -12,6 +12,7 @@ import agentbolt.integrations.crewai  # noqa: F401  (before crewai: turns CrewAI
 pytest.importorskip("crewai", reason="needs agentbolt[crewai]")
 
 from agentbolt import semconv
+from agentbolt.gateway.backend import EngineBackend
 from examples.crew_crewai.agent import crew_agent
 from tests.integrations.live import (
     RuleBackend,
@@ -41,20 +42,26 @@ def solve_and_review(prompt: str) -> str:
 
 
 def test_trained_and_fixed_agents_are_named_on_their_calls_and_rewards_stored(tmp_path: Path, tokenizer: Any) -> None:
-    outcome = run_rollouts(tmp_path, RuleBackend(tokenizer, solve_and_review), crew_agent, TASKS)
+    policy = RuleBackend(tokenizer, solve_and_review)
+    reviewer = RuleBackend(tokenizer, solve_and_review, model_name="reviewer")  # the fixed model
+    outcome = run_rollouts(tmp_path, policy, crew_agent, TASKS, fixed=(reviewer,))
 
     assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
     assert [r["reward"] for r in outcome.rollouts] == [1.0, 0.0]
     assert_llm_spans_have_tokens(outcome)
     for rollout, succeeded in zip(outcome.rollouts, [True, False], strict=True):
-        names = [c["attributes"][semconv.LLM_AGENT_NAME] for c in outcome.llm_calls(rollout["rollout_id"])]
-        assert sorted(set(names)) == ["reviewer", "solver"]
+        calls = outcome.llm_calls(rollout["rollout_id"])
+        attrs = [c["attributes"] for c in calls]
+        served = {(a[semconv.LLM_AGENT_NAME], a[semconv.GEN_AI_RESPONSE_MODEL]) for a in attrs}
+        assert served == {("solver", "policy"), ("reviewer", "reviewer")}  # each agent on its own model
+        assert [a.get(semconv.LLM_FIXED) for a in attrs].count(True) == 1
         tools = outcome.tool_calls(rollout["rollout_id"])  # CrewAI retries a failing tool itself
         assert tools and {t["attributes"][semconv.GEN_AI_TOOL_NAME] for t in tools} == {"calculate"}
         assert {t["attributes"][semconv.TOOL_SUCCESS] for t in tools} == {succeeded}
 
     # What training sees (rl.adapter.agents: [solver]): the solver's two calls; the reviewer's call is traced
-    # (above) but gives no transition. Every tool run (CrewAI's retries included) follows the solver's first call.
+    # (above) but gives no transition (its model is fixed). Every tool run (CrewAI's retries included) follows
+    # the solver's first call.
     episodes = episodes_of(outcome, agents=["solver"])
     for rollout, episode, succeeded in zip(outcome.rollouts, episodes, [True, False], strict=True):
         assert episode.rollout_id == rollout["rollout_id"]
@@ -70,7 +77,8 @@ def test_garbage_from_a_random_model_scores_zero_without_failing(
     tmp_path: Path, tiny_engine_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("examples.crew_crewai.agent.MAX_TOKENS", 24)
-    outcome = run_rollouts(tmp_path, tiny_engine_backend, crew_agent, TASKS[:1])
+    reviewer = EngineBackend(tiny_engine_backend.engine, "reviewer")  # the same tiny engine under a second name
+    outcome = run_rollouts(tmp_path, tiny_engine_backend, crew_agent, TASKS[:1], fixed=(reviewer,))
 
     assert [r["status"] for r in outcome.rollouts] == ["succeeded"]
     assert outcome.rollouts[0]["reward"] in (0.0, 1.0)

@@ -77,7 +77,7 @@ def test_writer_and_checker_calls_are_named_and_sql_failures_are_recorded(tmp_pa
 def test_garbage_from_a_random_model_ends_in_a_zero_reward_not_a_crash(
     tmp_path: Path, tiny_engine_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The tiny model's context is 512 tokens: keep three turns of replies inside it.
+    # Short replies keep the test fast (the tiny model babbles to max_tokens).
     monkeypatch.setattr("examples.sql_langgraph.agent.MAX_TOKENS", 24)
     monkeypatch.setattr("examples.sql_langgraph.agent.CHECK_MAX_TOKENS", 8)
     outcome = run_rollouts(tmp_path, tiny_engine_backend, sql_agent, tasks(2))
