@@ -177,12 +177,12 @@ def serve(
     fixed: dict[str, str] = {}
     hint = "--fixed-model"
     for assignment in fixed_models:
-        name, sep, spec = assignment.partition("=")
-        if not sep or not name.strip() or not spec.strip():
+        name, _, spec = (part.strip() for part in assignment.partition("="))
+        if not name or not spec:
             raise click.BadParameter(f"{assignment!r} should be NAME=MODEL, e.g. reviewer=demo", param_hint=hint)
-        if name.strip() in fixed or name.strip() == served_model:
-            raise click.BadParameter(f"the model name {name.strip()!r} is used twice", param_hint=hint)
-        fixed[name.strip()] = spec.strip()
+        if name in fixed or name == served_model:
+            raise click.BadParameter(f"the model name {name!r} is used twice", param_hint=hint)
+        fixed[name] = spec
     if fixed and not (model or upstream_urls):
         raise click.UsageError("--fixed-model serves beside the policy: give --model or --upstream too")
     config = ServerConfig(

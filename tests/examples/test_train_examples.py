@@ -21,13 +21,15 @@ pytest.importorskip("torch", reason="training needs the train extra: bash script
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# example -> (module its agent needs, agents whose calls are traced but never trained, and why they are not)
-EXAMPLES = {
-    "calculator": (None, set(), None),
-    "sql_langgraph": ("langgraph", {"checker"}, "agent_filtered"),  # not selected
-    "retrieval_openai_agents": ("agents", set(), None),
-    "calculator_autogen": ("autogen_agentchat", set(), None),
-    "crew_crewai": ("crewai", {"reviewer"}, "fixed_model"),  # its own fixed model (and not selected)
+# example -> (module its agent needs, agents whose calls are traced but never trained, why they are not,
+#             settings of its own)
+EXAMPLES: dict[str, tuple[str | None, set[str], str | None, list[str]]] = {
+    "calculator": (None, set(), None, []),
+    "sql_langgraph": ("langgraph", {"checker"}, "agent_filtered", []),  # not selected
+    "retrieval_openai_agents": ("agents", set(), None, []),
+    "calculator_autogen": ("autogen_agentchat", set(), None, []),
+    # the reviewer runs on its own fixed model (tiny too here) and is not selected either
+    "crew_crewai": ("crewai", {"reviewer"}, "fixed_model", ["--set", "fixed_models.reviewer=tiny"]),
 }
 
 
@@ -42,7 +44,7 @@ def agent_names_of_llm_calls(db: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_example_trains_two_steps_on_the_tiny_model(name: str, tmp_path: Path) -> None:
-    module, untrained, reason = EXAMPLES[name]
+    module, untrained, reason, settings = EXAMPLES[name]
     if module is not None and importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed (bash scripts/setup.sh with the example's extra)")
     run_dir = tmp_path / "run"
@@ -50,10 +52,8 @@ def test_example_trains_two_steps_on_the_tiny_model(name: str, tmp_path: Path) -
         sys.executable, "-m", "agentbolt", "train", f"examples/{name}/train.yaml",
         "--model", "tiny", "--steps", "2", "--tasks-per-step", "2", "--group-size", "2", "--val-every", "0",
         "--run-dir", str(run_dir),
-        "--set", "val_tasks.limit=2", "--set", "trainer.lr=1e-3",
+        "--set", "val_tasks.limit=2", "--set", "trainer.lr=1e-3", *settings,
     ]  # fmt: skip
-    if name == "crew_crewai":
-        command += ["--set", "fixed_models.reviewer=tiny"]  # the reviewer's fixed model, tiny too
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "step 2/2" in done.stdout

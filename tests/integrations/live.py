@@ -101,6 +101,15 @@ class Outcome:
         return {str(s["attributes"].get(semconv.LLM_AGENT_NAME)) for s in self.llm_calls()}
 
 
+def example_tasks(example: str, n: int) -> list[Any]:
+    """The first ``n`` training tasks of ``examples/<example>/questions.jsonl`` (read as `agentbolt train` does)."""
+    from agentbolt.trainer.run import load_tasks
+    from agentbolt.types import TaskSource
+
+    root = Path(__file__).resolve().parents[2]
+    return load_tasks(TaskSource(file=f"examples/{example}/questions.jsonl", limit=n), root)
+
+
 def run_rollouts(
     tmp_path: Path,
     backend: Any,

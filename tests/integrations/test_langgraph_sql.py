@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,10 @@ from tests.integrations.live import (
     assert_llm_spans_have_tokens,
     assert_trainable,
     episodes_of,
+    example_tasks,
     outcomes_of,
     run_rollouts,
 )
-
-QUESTIONS = Path(__file__).parents[2] / "examples" / "sql_langgraph" / "questions.jsonl"
-
-
-def tasks(n: int) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in QUESTIONS.read_text().splitlines()[:n]]
 
 
 def writes_bad_then_good_sql(prompt: str) -> str:
@@ -39,7 +33,8 @@ def writes_bad_then_good_sql(prompt: str) -> str:
 
 
 def test_writer_and_checker_calls_are_named_and_sql_failures_are_recorded(tmp_path: Path, tokenizer: Any) -> None:
-    outcome = run_rollouts(tmp_path, RuleBackend(tokenizer, writes_bad_then_good_sql), sql_agent, tasks(2))
+    backend = RuleBackend(tokenizer, writes_bad_then_good_sql)
+    outcome = run_rollouts(tmp_path, backend, sql_agent, example_tasks("sql_langgraph", 2))
 
     assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
     # Question 1 is the London count: the rewrite answers it; question 2 is not, so its reward is 0.
@@ -80,7 +75,7 @@ def test_garbage_from_a_random_model_ends_in_a_zero_reward_not_a_crash(
     # Short replies keep the test fast (the tiny model babbles to max_tokens).
     monkeypatch.setattr("examples.sql_langgraph.agent.MAX_TOKENS", 24)
     monkeypatch.setattr("examples.sql_langgraph.agent.CHECK_MAX_TOKENS", 8)
-    outcome = run_rollouts(tmp_path, tiny_engine_backend, sql_agent, tasks(2))
+    outcome = run_rollouts(tmp_path, tiny_engine_backend, sql_agent, example_tasks("sql_langgraph", 2))
 
     assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
     assert [r["reward"] for r in outcome.rollouts] == [0.0, 0.0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,10 @@ from tests.integrations.live import (
     assert_llm_spans_have_tokens,
     assert_trainable,
     episodes_of,
+    example_tasks,
     outcomes_of,
     run_rollouts,
 )
-
-QUESTIONS = Path(__file__).parents[2] / "examples" / "retrieval_openai_agents" / "questions.jsonl"
-
-
-def tasks(n: int) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in QUESTIONS.read_text().splitlines()[:n]]
 
 
 def search_then_answer(prompt: str) -> str:
@@ -39,7 +33,8 @@ def search_then_answer(prompt: str) -> str:
 
 
 def test_agent_and_tool_spans_mirror_the_sdk_trace_with_tool_failure_and_reward(tmp_path: Path, tokenizer: Any) -> None:
-    outcome = run_rollouts(tmp_path, RuleBackend(tokenizer, search_then_answer), retrieval_agent, tasks(1))
+    backend = RuleBackend(tokenizer, search_then_answer)
+    outcome = run_rollouts(tmp_path, backend, retrieval_agent, example_tasks("retrieval_openai_agents", 1))
 
     [rollout] = outcome.rollouts
     assert rollout["status"] == "succeeded"
@@ -70,7 +65,7 @@ def test_garbage_from_a_random_model_scores_zero_without_failing(
     tmp_path: Path, tiny_engine_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("examples.retrieval_openai_agents.agent.MAX_TOKENS", 24)
-    outcome = run_rollouts(tmp_path, tiny_engine_backend, retrieval_agent, tasks(2))
+    outcome = run_rollouts(tmp_path, tiny_engine_backend, retrieval_agent, example_tasks("retrieval_openai_agents", 2))
 
     assert [r["status"] for r in outcome.rollouts] == ["succeeded", "succeeded"]
     assert [r["reward"] for r in outcome.rollouts] == [0.0, 0.0]
