@@ -1,9 +1,13 @@
-"""Exceptions with messages that tell the user what to do next.
+"""Exceptions with messages that tell the user what to do next, and the one JSON error body.
 
-Each carries the HTTP status the server answers with, so routes never guess.
+Each exception carries the HTTP status the server answers with, so routes never guess, and a ``code``:
+the specific reason (``not_found``, ``model_not_found``, ``attempt_finished``...). :func:`error_body` is
+the shape every agentbolt route answers an error with, the gateway's and the ``/api`` server's alike.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AgentboltError(Exception):
@@ -11,6 +15,7 @@ class AgentboltError(Exception):
 
     http_status = 500
     code = "internal_error"
+    param: str | None = None  # the request field at fault, when one is
 
 
 class BadInput(AgentboltError):
@@ -74,3 +79,36 @@ class PayloadTooLarge(BadInput):
 
     http_status = 413
     code = "payload_too_large"
+
+
+# --- the error body --------------------------------------------------------------------------------
+
+INVALID_REQUEST_ERROR = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an error answered with HTTP ``status``.
+
+    ``type`` is a category, as OpenAI sends it: ``invalid_request_error`` when the request is at fault
+    (OpenAI sends it with its 400s, 401s and 404s alike) and ``server_error`` when the server or an engine
+    behind it failed. The specific reason is the ``code``.
+    """
+    return SERVER_ERROR if status >= 500 else INVALID_REQUEST_ERROR
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    """The JSON body of an error response: OpenAI's shape, so one client parses every agentbolt route.
+
+    Args:
+        status: the HTTP status of the response; it decides ``type`` (:func:`error_type`).
+        message: what is wrong and what to do about it.
+        code: the specific reason (``model_not_found``, ``attempt_finished``, ``not_found``...).
+        param: the request field at fault, if one is (``messages.0.role``, ``max_tokens``...).
+    """
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_body_of(exc: AgentboltError) -> dict[str, Any]:
+    """:func:`error_body` of an exception: its status, message, code and param."""
+    return error_body(exc.http_status, str(exc), exc.code, exc.param)

@@ -11,6 +11,10 @@ ATTEMPT_ID = "agentbolt.attempt_id"
 
 # Span names written by the client.
 SPAN_ATTEMPT = "agentbolt.attempt"  # root span of one attempt
+# Attributes of the attempt's root span (SPAN_ATTEMPT).
+ATTEMPT_NUMBER = "agentbolt.attempt.number"  # int: 1 for the first try of a rollout
+AGENT_FUNCTION = "agentbolt.agent_function"  # str: the @rollout function's name
+ROLLOUT_MODE = "agentbolt.rollout.mode"  # "train" | "val" | "test"
 SPAN_REWARD = "agentbolt.reward"
 SPAN_EXCEPTION = "agentbolt.exception"
 SPAN_MESSAGE = "agentbolt.message"
@@ -30,9 +34,12 @@ ANNOTATION_PREFIX = "agentbolt.annotation."
 EXCEPTION_TYPE = "exception.type"
 EXCEPTION_MESSAGE = "exception.message"
 EXCEPTION_STACKTRACE = "exception.stacktrace"
+EXCEPTION_EVENT = "exception"  # name of the span event OTel's record_exception adds
 
 # GenAI semantic conventions: agents and tools.
 GEN_AI_OPERATION = "gen_ai.operation.name"  # "invoke_agent", "execute_tool", "chat", ...
+OP_INVOKE_AGENT = "invoke_agent"  # GEN_AI_OPERATION of a span that scopes one agent's work
+OP_EXECUTE_TOOL = "execute_tool"  # GEN_AI_OPERATION of one tool call
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
@@ -40,8 +47,9 @@ TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
 TOOL_RESULT = "gen_ai.tool.call.result"
 TOOL_SUCCESS = "agentbolt.tool.success"  # bool: the AIR signal for tool-call status
 
-# Worker identity on the resource.
-WORKER_ID = "agentbolt.worker_id"
+# Resource attributes.
+SERVICE_NAME = "service.name"  # OpenTelemetry's resource key
+WORKER_ID = "agentbolt.worker_id"  # the worker that ran the attempt
 
 # ---------------------------------------------------------------------------------------------
 # LLM calls recorded by the gateway: one span per choice of each call (a call with n=4 writes four
@@ -63,6 +71,7 @@ GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # JSON string: the request's messages (or prompt)
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"  # JSON string: the returned message of this choice
 
+LLM_PREFIX = "agentbolt.llm."  # every key below starts with it: a span carrying one was written by the gateway
 LLM_PROMPT_TOKEN_IDS = "agentbolt.llm.prompt_token_ids"  # list[int]: exactly what the engine was fed
 LLM_RESPONSE_TOKEN_IDS = "agentbolt.llm.response_token_ids"  # list[int]: exactly what it produced
 LLM_RESPONSE_LOGPROBS = "agentbolt.llm.response_logprobs"  # list[float], one per response token

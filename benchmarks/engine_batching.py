@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from agentbolt.engine import Engine
+from agentbolt.gateway.text import TokenText
 from agentbolt.types import GenerationRequest, GenerationResult
 
 QUESTIONS = [
@@ -64,9 +65,9 @@ async def main() -> None:
     args = parser.parse_args()
 
     engine = Engine.load(args.model, max_batch_size=max(args.requests, 1))
+    text = TokenText(engine.tokenizer)  # prompts rendered the way the gateway renders chats
     prompts = [
-        engine.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
-        for i in range(args.requests)
+        text.chat_prompt([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]) for i in range(args.requests)
     ]
     requests = [
         GenerationRequest(prompt_token_ids=p, max_new_tokens=args.max_new_tokens, temperature=0) for p in prompts

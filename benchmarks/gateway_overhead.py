@@ -63,8 +63,8 @@ def serve_gateway(port: int, upstream: str, store_url: str) -> None:
     """Run the agentbolt server with an UpstreamBackend, as ``agentbolt serve`` would (this is the child)."""
     import uvicorn
 
-    from agentbolt.engine.model_files import load_tokenizer
     from agentbolt.gateway.upstream import UpstreamBackend
+    from agentbolt.models import load_tokenizer
     from agentbolt.server.app import create_app
     from agentbolt.types import ServerConfig
 
@@ -202,7 +202,7 @@ async def main(args: argparse.Namespace) -> None:
     gateway = f"http://127.0.0.1:{gateway_port}"
     ids = ",".join(map(str, REPLY_IDS))
     with tempfile.TemporaryDirectory() as tmp:
-        store_url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        store_url = f"sqlite:///{tmp}/bench.db"
         procs: list[subprocess.Popen[bytes]] = []
         try:
             fake_cmd = [sys.executable, "-m", "tests.gateway.fake_upstream", "--port", str(upstream_port)]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from agentbolt.cli import load_train_config
-from agentbolt.trainer.run import TrainingRun
+from agentbolt.train import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]
 

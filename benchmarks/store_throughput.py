@@ -183,7 +183,7 @@ async def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        results.append(await run_backend("sqlite", f"sqlite+aiosqlite:///{tmp}/bench.db", args.rollouts, args.workers))
+        results.append(await run_backend("sqlite", f"sqlite:///{tmp}/bench.db", args.rollouts, args.workers))
     if args.pg_url:
         results.append(await run_backend("postgresql", await reset_pg(args.pg_url), args.rollouts, args.workers))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ import torch
 
 from agentbolt.engine import Engine, load_tokenizer_and_model
 from agentbolt.trainer.loss import token_weights
-from agentbolt.trainer.trainer import Trainer, pack_micro_batches, response_logits
+from agentbolt.trainer.micro_batches import pack_micro_batches, response_logits
+from agentbolt.trainer.trainer import Trainer
 from agentbolt.types import LossConfig, Sample, TrainerConfig
 
 

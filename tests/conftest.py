@@ -4,6 +4,10 @@
 (a fresh database per test on the server named by ``AGENTBOLT_TEST_PG_URL``; start one with
 ``export AGENTBOLT_TEST_PG_URL=$(bash scripts/postgres.sh | tail -1)``). Without that variable
 the PostgreSQL runs are skipped, except under CI (``CI`` set), where they fail.
+
+``scripts/test.sh`` installs every extra and sets ``AGENTBOLT_TESTS_REQUIRE_EXTRAS=1``: then a suite
+skipped because an extra's package is missing (``pytest.importorskip``) fails the run instead of
+leaving it green.
 """
 
 from __future__ import annotations
@@ -20,6 +24,44 @@ from sqlalchemy.engine import make_url
 from agentbolt.store import Store
 
 PG_URL_ENV = "AGENTBOLT_TEST_PG_URL"
+REQUIRE_EXTRAS_ENV = "AGENTBOLT_TESTS_REQUIRE_EXTRAS"
+# How the skips of a missing package read: importorskip's own words, and the reasons our tests give it.
+_MISSING_PACKAGE_SKIP = ("could not import", "train extra", "needs agentbolt[", "is not installed")
+_missing_package_skips: list[str] = []
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _note_skip(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if report.skipped and any(words in _skip_reason(report) for words in _MISSING_PACKAGE_SKIP):
+        _missing_package_skips.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _note_skip(report)  # a module-level importorskip skips the whole file at collection
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(REQUIRE_EXTRAS_ENV) and _missing_package_skips:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"{REQUIRE_EXTRAS_ENV} is set, but {len(_missing_package_skips)} test(s) or file(s) were skipped "
+                "for a missing package (install every extra: bash scripts/setup.sh dev,postgres,train,frameworks):",
+                red=True,
+            )
+            for line in _missing_package_skips:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -72,7 +114,7 @@ async def _fresh_postgres_database() -> AsyncIterator[str]:
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """URL of an empty database, once per backend."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'agentbolt.db'}"
+        yield f"sqlite:///{tmp_path / 'agentbolt.db'}"
     else:
         async for url in _fresh_postgres_database():
             yield url

@@ -110,7 +110,7 @@ def build_episode(rollout: Rollout, spans: Sequence[Span], config: AdapterConfig
 
     calls = [s for s in mine if _is_gateway_call(s)]
     by_id = {s.span_id: s for s in spans}
-    scopes = [s for s in mine if _attr(s, semconv.GEN_AI_OPERATION) == "invoke_agent" and _agent_attr(s)]
+    scopes = [s for s in mine if _attr(s, semconv.GEN_AI_OPERATION) == semconv.OP_INVOKE_AGENT and _agent_attr(s)]
     kept: dict[int, Transition] = {}  # call position -> transition
     for position, call in enumerate(calls):
         transition, reason = _transition(call, by_id, scopes, config)
@@ -142,7 +142,7 @@ def build_episode(rollout: Rollout, spans: Sequence[Span], config: AdapterConfig
                     kept[kept_positions[at]].rewards.append(reward)
             continue
         owner = position
-        if _attr(span, semconv.GEN_AI_OPERATION) == "execute_tool":
+        if _attr(span, semconv.GEN_AI_OPERATION) == semconv.OP_EXECUTE_TOOL:
             call_id = _attr(span, semconv.GEN_AI_TOOL_CALL_ID)
             matched_by: Literal["call_id", "order"] = "order"
             if isinstance(call_id, str) and call_id in tool_call_owner:
@@ -185,7 +185,7 @@ def _last_attempt(rollout: Rollout, spans: Sequence[Span]) -> tuple[str | None, 
         if s.attempt_id is None:
             continue
         latest[s.attempt_id] = max(latest.get(s.attempt_id, 0), s.start_time_ns)
-        number = s.attributes.get("agentbolt.attempt.number")
+        number = s.attributes.get(semconv.ATTEMPT_NUMBER)
         if s.name == semconv.SPAN_ATTEMPT and isinstance(number, int):
             numbered[s.attempt_id] = number
     if numbered:
@@ -203,7 +203,7 @@ def _uncaught_exception(spans: Sequence[Span]) -> str | None:
     for s in spans:
         if s.name == semconv.SPAN_ATTEMPT:
             for event in s.events:
-                if event.name == "exception":
+                if event.name == semconv.EXCEPTION_EVENT:
                     return str(event.attributes.get(semconv.EXCEPTION_TYPE) or "Exception")
     return None
 
@@ -213,7 +213,7 @@ def _uncaught_exception(spans: Sequence[Span]) -> str | None:
 
 def _is_gateway_call(span: Span) -> bool:
     return _attr(span, semconv.GEN_AI_OPERATION) in semconv.LLM_OPERATIONS and any(
-        k.startswith("agentbolt.llm.") for k in span.attributes
+        k.startswith(semconv.LLM_PREFIX) for k in span.attributes
     )
 
 

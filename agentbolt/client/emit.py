@@ -33,7 +33,7 @@ def _check_inside(what: str) -> None:
         log.warning("%s called outside a rollout attempt: the signal is not recorded by agentbolt", what)
 
 
-def _json_attr(value: Any) -> str | int | float | bool:
+def attribute_value(value: Any) -> str | int | float | bool:
     """OTel attributes hold primitives; anything else is stored as JSON text."""
     if isinstance(value, (str, bool, int, float)):
         return value
@@ -105,7 +105,7 @@ def emit_message(text: str) -> None:
 def emit_annotation(annotations: Mapping[str, Any]) -> None:
     """Record key/value annotations (e.g. the task's difficulty, the agent's plan)."""
     _check_inside("emit_annotation")
-    attributes = {semconv.ANNOTATION_PREFIX + str(k): _json_attr(v) for k, v in annotations.items()}
+    attributes = {semconv.ANNOTATION_PREFIX + str(k): attribute_value(v) for k, v in annotations.items()}
     with tracer().start_as_current_span(semconv.SPAN_ANNOTATION, attributes=attributes):
         pass
 
@@ -118,7 +118,7 @@ class ToolCall:
         self.failed = False
 
     def set_result(self, result: Any) -> None:
-        self.span.set_attribute(semconv.TOOL_RESULT, _json_attr(result))
+        self.span.set_attribute(semconv.TOOL_RESULT, attribute_value(result))
 
     def fail(self, message: str) -> None:
         """Mark the call failed (an AIR signal) when the tool reports an error instead of raising."""
@@ -136,13 +136,13 @@ def tool_call(name: str, arguments: Any = None, call_id: str | None = None) -> I
     marks it failed without raising. ``call_id`` links it to the model's ``tool_calls[].id``.
     """
     _check_inside("tool_call")
-    attributes: dict[str, Any] = {semconv.GEN_AI_OPERATION: "execute_tool", semconv.GEN_AI_TOOL_NAME: name}
+    attributes: dict[str, Any] = {semconv.GEN_AI_OPERATION: semconv.OP_EXECUTE_TOOL, semconv.GEN_AI_TOOL_NAME: name}
     if arguments is not None:
-        attributes[semconv.TOOL_ARGUMENTS] = _json_attr(arguments)
+        attributes[semconv.TOOL_ARGUMENTS] = attribute_value(arguments)
     if call_id is not None:
         attributes[semconv.GEN_AI_TOOL_CALL_ID] = call_id
     with tracer().start_as_current_span(
-        f"execute_tool {name}", attributes=attributes, record_exception=True, set_status_on_exception=True
+        f"{semconv.OP_EXECUTE_TOOL} {name}", attributes=attributes, record_exception=True, set_status_on_exception=True
     ) as span:
         call = ToolCall(span)
         try:
@@ -157,6 +157,6 @@ def tool_call(name: str, arguments: Any = None, call_id: str | None = None) -> I
 @contextmanager
 def agent(name: str) -> Iterator[trace.Span]:
     """Mark the code inside as run by the agent ``name`` (for selecting which agents to train)."""
-    attributes = {semconv.GEN_AI_OPERATION: "invoke_agent", semconv.GEN_AI_AGENT_NAME: name}
-    with tracer().start_as_current_span(f"invoke_agent {name}", attributes=attributes) as span:
+    attributes = {semconv.GEN_AI_OPERATION: semconv.OP_INVOKE_AGENT, semconv.GEN_AI_AGENT_NAME: name}
+    with tracer().start_as_current_span(f"{semconv.OP_INVOKE_AGENT} {name}", attributes=attributes) as span:
         yield span

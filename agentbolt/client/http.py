@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from pydantic import TypeAdapter
 
 from agentbolt import errors
 from agentbolt.types import (
@@ -26,7 +27,9 @@ from agentbolt.types import (
     Rollout,
     RolloutCreate,
     RolloutMode,
+    RolloutsRead,
     RolloutStatus,
+    RolloutWithSpans,
     Span,
     WaitRequest,
     WaitResult,
@@ -50,9 +53,11 @@ _ERRORS_BY_STATUS: dict[int, type[errors.AgentboltError]] = {
     404: errors.NotFound,
     409: errors.Conflict,
     413: errors.BadInput,
-    422: errors.BadInput,
     503: errors.StoreUnavailable,
 }
+
+READ_CHUNK = 1_000  # rollouts per read_rollouts request: a few MB of spans at most per response
+_ROLLOUTS_WITH_SPANS = TypeAdapter(list[RolloutWithSpans])
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -179,6 +184,16 @@ class ServerClient:
             spans.extend(page.items)
             if not page.items or len(spans) >= page.total:
                 return spans
+
+    async def read_rollouts(self, rollout_ids: list[str]) -> list[RolloutWithSpans]:
+        """Rollouts with their attempts and every span, in the order given: one request per
+        ``READ_CHUNK`` rollouts, not one per rollout."""
+        found: list[RolloutWithSpans] = []
+        for start in range(0, len(rollout_ids), READ_CHUNK):
+            body = RolloutsRead(rollout_ids=rollout_ids[start : start + READ_CHUNK]).model_dump(mode="json")
+            response = await self._request("POST", "/api/rollouts/read", json=body)
+            found.extend(_ROLLOUTS_WITH_SPANS.validate_json(response.content))
+        return found
 
     async def wait(self, rollout_ids: list[str], timeout_s: float = 30.0) -> WaitResult:
         request = WaitRequest(rollout_ids=rollout_ids, timeout_s=timeout_s)

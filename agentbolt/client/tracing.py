@@ -170,7 +170,7 @@ def install_tracing(server_url: str, api_key: str | None, worker_id: str) -> Tra
         provider = trace.get_tracer_provider()
         if not isinstance(provider, TracerProvider):
             provider = TracerProvider(
-                resource=Resource.create({"service.name": "agentbolt-worker", semconv.WORKER_ID: worker_id})
+                resource=Resource.create({semconv.SERVICE_NAME: "agentbolt-worker", semconv.WORKER_ID: worker_id})
             )
             trace.set_tracer_provider(provider)
         provider.add_span_processor(AttemptSpanProcessor())

@@ -29,11 +29,10 @@ from agentbolt.client.http import ServerClient
 from agentbolt.client.rollout import AgentFunction, RolloutFunction, rollout
 from agentbolt.client.tracing import AttemptContext, attempt_scope, install_tracing, tracer
 from agentbolt.errors import AgentboltError, IllegalTransition, ServerUnreachable, StoreUnavailable
-from agentbolt.types import LLM, Attempt, AttemptFinish, Claim, ErrorInfo, RolloutMode
+from agentbolt.types import LLM, POLICY_MODEL, Attempt, AttemptFinish, Claim, ErrorInfo, RolloutMode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "policy"
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Worker:
         max_rollouts: stop after claiming this many (None: run until stopped).
         idle_exit_s: stop when no rollout arrived for this long (None: wait forever).
         model: model name handed to the agent in ``llm.model``; default: the server's latest model
-            version record, else ``"policy"``.
+            version record, else :data:`~agentbolt.types.POLICY_MODEL`.
     """
 
     def __init__(
@@ -110,7 +109,7 @@ class Worker:
                 self._client = client
                 if self.model is None:
                     latest = await client.latest_model_version()
-                    self.model = latest.model if latest else DEFAULT_MODEL
+                    self.model = latest.model if latest else POLICY_MODEL
                 await asyncio.gather(*(self._runner(f"{self.worker_id}-{i}") for i in range(self.concurrency)))
             await asyncio.to_thread(self._tracing.flush)
         finally:
@@ -146,7 +145,7 @@ class Worker:
     def _llm_for(self, attempt: Attempt) -> LLM:
         return LLM(
             base_url=f"{self.server_url}/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/v1",
-            model=self.model or DEFAULT_MODEL,
+            model=self.model or POLICY_MODEL,
             api_key=self.api_key or "agentbolt",
         )
 
@@ -188,9 +187,9 @@ class Worker:
         attributes: dict[str, str | int] = {
             semconv.ROLLOUT_ID: rollout.rollout_id,
             semconv.ATTEMPT_ID: attempt.attempt_id,
-            "agentbolt.attempt.number": attempt.number,
-            "agentbolt.agent_function": self.agent.name,
-            "agentbolt.rollout.mode": rollout.mode,
+            semconv.ATTEMPT_NUMBER: attempt.number,
+            semconv.AGENT_FUNCTION: self.agent.name,
+            semconv.ROLLOUT_MODE: rollout.mode,
         }
         with tracer().start_as_current_span(semconv.SPAN_ATTEMPT, attributes=attributes) as root:
             try:

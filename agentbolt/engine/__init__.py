@@ -1,10 +1,11 @@
 """The embedded inference engine: the policy model served with dynamic batching and weight hot-swap.
 
-Needs the ``train`` extra (PyTorch, transformers). Importing this package imports torch.
+Needs the ``train`` extra (PyTorch, transformers). Importing this package imports torch. The model-file
+names re-exported here live in :mod:`agentbolt.models` (shared with the trainer).
 """
 
 from agentbolt.engine.engine import Engine, EngineClosed
-from agentbolt.engine.model_files import (
+from agentbolt.models import (
     ModelUnavailable,
     demo_model_path,
     load_tokenizer,

@@ -26,13 +26,14 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from agentbolt.errors import AgentboltError, BadInput
+from agentbolt.models import context_length, default_device, eos_token_ids, load_tokenizer_and_model, missing_weights
 from agentbolt.types import GenerationRequest, GenerationResult, GenerationTimings, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Engine:
 
     Args:
         model: a transformers causal LM (eval mode); moved to ``device``.
-        tokenizer: its tokenizer (for chat templates and end-of-turn ids).
+        tokenizer: its tokenizer (end-of-turn and padding ids; the gateway renders prompts with it).
         device: ``"cpu"``, ``"cuda"``...; default the first CUDA GPU if there is one, else the CPU.
         model_version: version of the weights ``model`` holds now.
         max_batch_size: most sequences decoded together.
@@ -96,7 +97,7 @@ class Engine:
         max_batch_size: int = 32,
         batch_wait_s: float = 0.005,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -104,8 +105,8 @@ class Engine:
         self._version = model_version
         config = model.config
         self.vocab_size: int = config.vocab_size
-        self.max_context: int = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        self.eos_token_ids = frozenset(_eos_ids(model, tokenizer))
+        self.max_context = context_length(config)
+        self.eos_token_ids = eos_token_ids(tokenizer, model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids, default=0)
         self.pad_token_id: int = int(pad)
         # transformers renamed `past_key_values` to `cache` (5.x); prefill needs only the last position's logits.
@@ -120,8 +121,6 @@ class Engine:
     @classmethod
     def load(cls, spec: str, **kwargs: Any) -> Engine:
         """An engine over the model named by ``spec`` (see :func:`load_tokenizer_and_model`)."""
-        from agentbolt.engine.model_files import load_tokenizer_and_model
-
         tokenizer, model = load_tokenizer_and_model(spec)
         return cls(model, tokenizer, **kwargs)
 
@@ -131,13 +130,6 @@ class Engine:
         return self._version
 
     # --- requests ------------------------------------------------------------------------------
-
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> list[int]:
-        """Prompt token ids for a chat (``[{"role": ..., "content": ...}, ...]``), ready for the reply."""
-        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, **kwargs)
-        if isinstance(ids, Mapping) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
 
     def check_request(self, request: GenerationRequest) -> None:
         """Raise :class:`BadInput` when ``request`` cannot run on this model."""
@@ -171,13 +163,12 @@ class Engine:
             BadInput: keys or shapes do not match the model's.
         """
         own = self.model.state_dict()
-        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
-        missing = set(own) - set(state_dict) - tied
+        missing = missing_weights(set(own) - set(state_dict), self.model.config)
         unexpected = set(state_dict) - set(own)
         wrong = [k for k in state_dict if k in own and tuple(state_dict[k].shape) != tuple(own[k].shape)]
         if missing or unexpected or wrong:
             raise BadInput(
-                f"state dict does not fit the model: missing {sorted(missing)[:5]}, "
+                f"state dict does not fit the model: missing {missing[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}, wrong shape {wrong[:5]}"
             )
         if self._closed:
@@ -383,16 +374,6 @@ def _generator(request: GenerationRequest, device: torch.device) -> torch.Genera
         return None
     seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def _cache_of(out: Any) -> Any:

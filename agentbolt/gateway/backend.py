@@ -90,8 +90,8 @@ def backend_from_config(config: ServerConfig) -> Backend | None:
                 "upstream engines need the model's tokenizer to render chat prompts: "
                 "give --tokenizer (demo, a .gguf file, an HF directory or id)"
             )
-        from agentbolt.engine.model_files import load_tokenizer
         from agentbolt.gateway.upstream import UpstreamBackend
+        from agentbolt.models import load_tokenizer
 
         return UpstreamBackend(
             list(config.upstream_urls),

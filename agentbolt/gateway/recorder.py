@@ -1,13 +1,13 @@
 """Batched span writes for the gateway (group commit), off the response path.
 
-A gateway call hands its spans to :meth:`SpanRecorder.add` and answers at once; a writer task
-stores whatever has gathered at most ``interval_s`` later, in one ``Store.add_spans`` transaction.
-So under load one commit serves many calls, and no call waits for the database.
+A gateway call hands its spans (built by ``llm_spans``) to :meth:`SpanRecorder.add` and answers at
+once; a writer task stores whatever has gathered at most ``interval_s`` later, in one ``Store.add_spans``
+transaction. So under load one commit serves many calls, and no call waits for the database.
 
 The price is a window (``interval_s``, a few ms) in which an answered call's span is not yet durable:
-a server crash inside it loses those spans. :meth:`flush` closes the window on demand; the
-finish-attempt route awaits it for the attempt, so a finished rollout's LLM spans are all stored
-before the worker hears back, and app shutdown flushes everything.
+a server crash inside it loses those spans. :meth:`flush` closes the window on demand; the server's
+finish-attempt route awaits it for the attempt (through the gateway's attempt-finish hook), so a finished
+rollout's LLM spans are all stored before the worker hears back, and app shutdown flushes everything.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
 
 from agentbolt.errors import AgentboltError, StoreUnavailable
 from agentbolt.store import Store
 from agentbolt.types import SpanIn
 
 log = logging.getLogger(__name__)
-
-SpanFactory = Callable[[], list[SpanIn]]
-"""Builds a call's spans; run by the writer, so span construction stays off the response path too."""
 
 _RETRIES = 5
 
@@ -45,7 +41,7 @@ class SpanRecorder:
         self.max_batch = max_batch
         self.recorded = 0
         self.dropped = 0
-        self._queue: list[tuple[int, str | None, SpanFactory]] = []
+        self._queue: list[tuple[int, str | None, list[SpanIn]]] = []  # (call number, attempt, its spans)
         self._added = 0  # sequence number of the last call added
         self._done = 0  # calls written (or given up on), in order
         self._pending_by_attempt: Counter[str | None] = Counter()
@@ -64,10 +60,10 @@ class SpanRecorder:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="agentbolt-span-recorder")
 
-    def add(self, attempt_id: str | None, make_spans: SpanFactory) -> None:
+    def add(self, attempt_id: str | None, spans: list[SpanIn]) -> None:
         """Queue one call's spans (all of them land in the same transaction). Never blocks."""
         self._added += 1
-        self._queue.append((self._added, attempt_id, make_spans))
+        self._queue.append((self._added, attempt_id, spans))
         self._pending_by_attempt[attempt_id] += 1
         if len(self._queue) >= self.max_batch:
             self._urgent = True
@@ -129,14 +125,8 @@ class SpanRecorder:
                     self._progress.notify_all()
         self._wake.clear()
 
-    async def _write(self, batch: list[tuple[int, str | None, SpanFactory]]) -> None:
-        calls: list[list[SpanIn]] = []
-        for _, _, make in batch:
-            try:
-                calls.append(make())
-            except Exception:  # a bug building one call's spans must not lose the others
-                log.exception("could not build a gateway span; it is dropped")
-                self.dropped += 1
+    async def _write(self, batch: list[tuple[int, str | None, list[SpanIn]]]) -> None:
+        calls = [spans for _, _, spans in batch]
         spans = [s for call in calls for s in call]
         if not spans:
             return

@@ -1,11 +1,11 @@
-"""The gateway's HTTP routes: OpenAI-compatible endpoints, plain and per attempt, and its reports.
+"""The gateway's OpenAI-compatible HTTP routes, plain and per attempt (its reports are in reports.py).
 
 ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models`` answer at the root and under
 ``/rollouts/{rollout_id}/attempts/{attempt_id}/v1/...``, so an agent is attributed by its base URL.
-Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}``: 400 invalid or unsupported
-input (``param`` names the field), 403 no attempt named while the server requires one, 404 unknown model
-(``model_not_found``), rollout or attempt, 409 finished attempt or (strict mode) token-fidelity mismatch,
-502/503 the backend failed. A refused call generates nothing and stores nothing.
+Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (:func:`agentbolt.errors.error_body`):
+400 invalid or unsupported input (``param`` names the field), 403 no attempt named while the server requires
+one, 404 unknown model (``model_not_found``), rollout or attempt, 409 finished attempt or (strict mode)
+token-fidelity mismatch, 502/503 the backend failed. A refused call generates nothing and stores nothing.
 """
 
 from __future__ import annotations
@@ -17,38 +17,35 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from agentbolt import semconv
-from agentbolt.errors import AgentboltError
+from agentbolt.errors import AgentboltError, error_body_of
 from agentbolt.gateway.attribution import call_context
-from agentbolt.gateway.calls import Gateway, Prepared, Served
-from agentbolt.gateway.errors import GatewayError, error_body, error_response
-from agentbolt.gateway.responses import (
-    chat_completion,
-    chat_role_chunks,
-    chat_stream_body,
-    completion,
-    completion_stream_body,
-    sse,
-)
+from agentbolt.gateway.call import Prepared, Served
+from agentbolt.gateway.errors import GatewayError, error_response
+from agentbolt.gateway.gateway import Gateway, gateway_of
+from agentbolt.gateway.responses import sse
+from agentbolt.gateway.serving_chat import chat_completion, chat_role_chunks, chat_stream_body, prepare_chat
+from agentbolt.gateway.serving_completion import completion, completion_stream_body, prepare_completion
 from agentbolt.types import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
-    FidelityReport,
-    GatewayStats,
     ModelCard,
     ModelList,
 )
+from agentbolt.types.openai import ErrorResponse
 
 router = APIRouter(tags=["gateway"])
 ATTEMPT_PREFIX = "/rollouts/{rollout_id}/attempts/{attempt_id}"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid or unsupported input; `param` names the field."},
-    403: {"description": "The server requires calls to name a rollout attempt."},
-    404: {"description": "Unknown model, rollout or attempt."},
-    409: {"description": "The attempt has finished, or (strict mode) a token-fidelity mismatch."},
+    400: {"model": ErrorResponse, "description": "Invalid or unsupported input; `param` names the field."},
+    403: {"model": ErrorResponse, "description": "The server requires calls to name a rollout attempt."},
+    404: {"model": ErrorResponse, "description": "Unknown model, rollout or attempt."},
+    409: {
+        "model": ErrorResponse,
+        "description": "The attempt has finished, or (strict mode) a token-fidelity mismatch.",
+    },
 }
 
 
@@ -71,13 +68,6 @@ def openapi_schemas() -> dict[str, Any]:
     return schemas
 
 
-def _gateway(request: Request) -> Gateway:
-    gateway: Gateway | None = getattr(request.app.state, "gateway", None)
-    if gateway is None:
-        raise GatewayError("this server runs no model: start it with agentbolt serve --model ...", status=404)
-    return gateway
-
-
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
@@ -87,14 +77,14 @@ async def _json_body(request: Request) -> Any:
 
 
 async def _serve(request: Request, rollout_id: str | None, attempt_id: str | None, chat: bool) -> Response:
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     try:
         context = call_context(rollout_id, attempt_id, request.headers)
         body = await _json_body(request)
         if chat:
-            call = await gateway.prepare_chat(body, context)
+            call = await prepare_chat(gateway, body, context)
         else:
-            call = await gateway.prepare_completion(body, context)
+            call = await prepare_completion(gateway, body, context)
     except AgentboltError as exc:
         gateway.refused += 1
         return error_response(exc)
@@ -105,8 +95,8 @@ async def _serve(request: Request, rollout_id: str | None, attempt_id: str | Non
     except AgentboltError as exc:
         return error_response(exc)
     model = call.served.backend.model_name
-    build = chat_completion if chat else completion
-    return Response(build(call, choices, model, call.served.text), media_type="application/json")
+    response_body = chat_completion if chat else completion
+    return Response(response_body(call, choices, model, call.served.text), media_type="application/json")
 
 
 async def _stream(gateway: Gateway, call: Prepared, chat: bool) -> AsyncIterator[bytes]:
@@ -116,7 +106,7 @@ async def _stream(gateway: Gateway, call: Prepared, chat: bool) -> AsyncIterator
     try:
         choices = await gateway.generate(call)
     except AgentboltError as exc:
-        yield sse(error_body(str(exc), exc.code))
+        yield sse(error_body_of(exc))
         return
     body = chat_stream_body if chat else completion_stream_body
     for event in body(call, choices, model, call.served.text):
@@ -171,7 +161,7 @@ def _model_card(gateway: Gateway, served: Served) -> ModelCard:
 @router.get(ATTEMPT_PREFIX + "/v1/models", response_model=ModelList, include_in_schema=False)
 async def list_models(request: Request) -> ModelList:
     """The models this gateway serves: the policy first, then any fixed models."""
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     return ModelList(data=[_model_card(gateway, served) for served in gateway.models.values()])
 
 
@@ -179,52 +169,8 @@ async def list_models(request: Request) -> ModelList:
 @router.get(ATTEMPT_PREFIX + "/v1/models/{model}", response_model=ModelCard, include_in_schema=False)
 async def get_model(request: Request, model: str) -> ModelCard:
     """One model by name (404 unless it is served here)."""
-    gateway = _gateway(request)
+    gateway = gateway_of(request)
     served = gateway.models.get(model)
     if served is None:
         raise GatewayError(f"model {model!r} is not served here", status=404, code="model_not_found", param="model")
     return _model_card(gateway, served)
-
-
-@router.get("/api/rollouts/{rollout_id}/fidelity", response_model=FidelityReport)
-async def rollout_fidelity(request: Request, rollout_id: str) -> FidelityReport:
-    """Token-fidelity checks of a rollout's LLM calls, counted from its stored spans (see gateway/fidelity.py)."""
-    gateway = _gateway(request)
-    await gateway.recorder.flush()
-    checked, mismatched, offset = 0, [], 0
-    while True:
-        page = await gateway.store.query_spans(rollout_id, limit=1000, offset=offset)
-        for span in page.items:
-            flag = span.attributes.get(semconv.LLM_FIDELITY_MISMATCH)
-            if flag is not None:
-                checked += 1
-                if flag:
-                    mismatched.append(span.span_id)
-        offset += len(page.items)
-        if not page.items or offset >= page.total:
-            break
-    refused = gateway.fidelity_refused.get(rollout_id, 0)
-    return FidelityReport(
-        rollout_id=rollout_id,
-        checked=checked + refused,
-        mismatches=len(mismatched) + refused,
-        refused=refused,
-        mismatched_span_ids=mismatched,
-    )
-
-
-@router.get("/api/gateway/stats", response_model=GatewayStats)
-async def gateway_stats(request: Request) -> GatewayStats:
-    """This server process's gateway counters since it started."""
-    gateway = _gateway(request)
-    return GatewayStats(
-        model=gateway.backend.model_name,
-        model_version=gateway.backend.model_version,
-        calls=gateway.calls,
-        refused=gateway.refused,
-        spans_recorded=gateway.recorder.recorded,
-        spans_pending=gateway.recorder.pending,
-        spans_dropped=gateway.recorder.dropped,
-        fidelity_checked=gateway.fidelity.checked,
-        fidelity_mismatches=gateway.fidelity.mismatches,
-    )

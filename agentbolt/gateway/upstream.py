@@ -58,6 +58,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agentbolt.errors import AgentboltError, BadInput
+from agentbolt.models import eos_token_ids
 from agentbolt.types import GenerationRequest, GenerationResult, GenerationTimings, TokenLogprob
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class UpstreamBackend:
         self.upstream_model = upstream_model or model_name
         self.max_context = max_context or _tokenizer_context(tokenizer)
         self.vocab_size = len(tokenizer)
-        self.eos_token_ids = frozenset(_eos_ids(tokenizer))
+        self.eos_token_ids = eos_token_ids(tokenizer)
         self.down_for_s = down_for_s
         self._replicas = {url.rstrip("/"): _Replica(url.rstrip("/")) for url in urls}
         self._urls = list(self._replicas)
@@ -503,12 +504,3 @@ def _tokenizer_context(tokenizer: Any) -> int:
         return length
     log.info("the tokenizer does not say the model's context length; assuming %d tokens", DEFAULT_MAX_CONTEXT)
     return DEFAULT_MAX_CONTEXT
-
-
-def _eos_ids(tokenizer: Any) -> set[int]:
-    value = tokenizer.eos_token_id
-    if isinstance(value, int):
-        return {value}
-    if isinstance(value, (list, tuple)):
-        return {int(v) for v in value}
-    return set()

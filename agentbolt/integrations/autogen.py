@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 
 from agentbolt import semconv
-from agentbolt.client.emit import _json_attr
+from agentbolt.client.emit import attribute_value
 from agentbolt.integrations import agent_headers, require
 from agentbolt.types import LLM
 
@@ -99,13 +99,13 @@ def _tool_class() -> type[Any]:
 
         async def run(self, args: Any, cancellation_token: Any) -> Any:
             span = trace.get_current_span()
-            span.set_attribute(semconv.TOOL_ARGUMENTS, _json_attr(args.model_dump(mode="json")))
+            span.set_attribute(semconv.TOOL_ARGUMENTS, attribute_value(args.model_dump(mode="json")))
             try:
                 result = await super().run(args, cancellation_token)
             except BaseException:
                 span.set_attribute(semconv.TOOL_SUCCESS, False)
                 raise
-            span.set_attribute(semconv.TOOL_RESULT, _json_attr(self.return_value_as_string(result)))
+            span.set_attribute(semconv.TOOL_RESULT, attribute_value(self.return_value_as_string(result)))
             span.set_attribute(semconv.TOOL_SUCCESS, True)
             return result
 

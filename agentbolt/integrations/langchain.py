@@ -17,7 +17,7 @@ from uuid import UUID
 from opentelemetry.trace import Span, Status, StatusCode
 
 from agentbolt import semconv
-from agentbolt.client.emit import _json_attr
+from agentbolt.client.emit import attribute_value
 from agentbolt.client.tracing import tracer
 from agentbolt.integrations import agent_headers, require
 from agentbolt.types import LLM
@@ -91,14 +91,14 @@ def _handler_class() -> type[Any]:
         ) -> None:
             name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
             attributes: dict[str, Any] = {
-                semconv.GEN_AI_OPERATION: "execute_tool",
+                semconv.GEN_AI_OPERATION: semconv.OP_EXECUTE_TOOL,
                 semconv.GEN_AI_TOOL_NAME: name,
-                semconv.TOOL_ARGUMENTS: _json_attr(inputs if inputs is not None else input_str),
+                semconv.TOOL_ARGUMENTS: attribute_value(inputs if inputs is not None else input_str),
             }
             tool_call_id = (kwargs.get("metadata") or {}).get("tool_call_id")
             if tool_call_id:
                 attributes[semconv.GEN_AI_TOOL_CALL_ID] = str(tool_call_id)
-            span = tracer().start_span(f"execute_tool {name}", attributes=attributes)
+            span = tracer().start_span(f"{semconv.OP_EXECUTE_TOOL} {name}", attributes=attributes)
             with self._lock:
                 self._spans[run_id] = span
 
@@ -108,7 +108,7 @@ def _handler_class() -> type[Any]:
                 return
             # A tool that handles its own error returns a ToolMessage with status "error".
             content = getattr(output, "content", output)
-            span.set_attribute(semconv.TOOL_RESULT, _json_attr(content))
+            span.set_attribute(semconv.TOOL_RESULT, attribute_value(content))
             if getattr(output, "status", None) == "error":
                 span.set_attribute(semconv.TOOL_SUCCESS, False)
                 span.set_status(Status(StatusCode.ERROR, str(content)[:500]))

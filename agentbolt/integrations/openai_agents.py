@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from agentbolt import semconv
-from agentbolt.client.emit import _json_attr
+from agentbolt.client.emit import attribute_value
 from agentbolt.client.tracing import tracer
 from agentbolt.integrations import agent_headers, require
 from agentbolt.types import LLM
@@ -106,16 +106,16 @@ def _processor_class() -> type[Any]:
                 # The nearest mirrored ancestor: SDK spans we skip (turns, generations) pass their parent on.
                 parent = self._nearest.get(span.parent_id) if span.parent_id else None
             if isinstance(data, tracing.AgentSpanData):
-                name = f"invoke_agent {data.name}"
+                name = f"{semconv.OP_INVOKE_AGENT} {data.name}"
                 attributes: dict[str, Any] = {
-                    semconv.GEN_AI_OPERATION: "invoke_agent",
+                    semconv.GEN_AI_OPERATION: semconv.OP_INVOKE_AGENT,
                     semconv.GEN_AI_AGENT_NAME: data.name,
                 }
             elif isinstance(data, tracing.FunctionSpanData):
-                name = f"execute_tool {data.name}"
-                attributes = {semconv.GEN_AI_OPERATION: "execute_tool", semconv.GEN_AI_TOOL_NAME: data.name}
+                name = f"{semconv.OP_EXECUTE_TOOL} {data.name}"
+                attributes = {semconv.GEN_AI_OPERATION: semconv.OP_EXECUTE_TOOL, semconv.GEN_AI_TOOL_NAME: data.name}
                 if data.input is not None:
-                    attributes[semconv.TOOL_ARGUMENTS] = _json_attr(data.input)
+                    attributes[semconv.TOOL_ARGUMENTS] = attribute_value(data.input)
             else:
                 # Generations are recorded by the gateway; other SDK spans carry no training signal.
                 if parent is not None:
@@ -138,7 +138,7 @@ def _processor_class() -> type[Any]:
             error = span.error
             if isinstance(data, tracing.FunctionSpanData):
                 if data.output is not None:
-                    otel_span.set_attribute(semconv.TOOL_RESULT, _json_attr(str(data.output)))
+                    otel_span.set_attribute(semconv.TOOL_RESULT, attribute_value(str(data.output)))
                 otel_span.set_attribute(semconv.TOOL_SUCCESS, error is None)
             if error is not None:
                 detail = (error.get("data") or {}).get("error") if isinstance(error, dict) else None

@@ -1,4 +1,8 @@
-"""Build the Lightning Server's ASGI app: store lifecycle, watchdog, error handling, guards, routes."""
+"""Build the Lightning Server's ASGI app: store lifecycle, watchdog, error handling, guards, routes.
+
+Every error is answered with :func:`agentbolt.errors.error_body`, the gateway's shape; field validation
+follows the gateway's rule too (see :func:`_validation_error`), and the OpenAPI document says so.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,24 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from agentbolt import __version__
-from agentbolt.errors import AgentboltError, BadInput
+from agentbolt.errors import AgentboltError, BadInput, error_body, error_body_of
 from agentbolt.gateway.backend import Backend, backend_from_config
-from agentbolt.gateway.calls import Gateway
+from agentbolt.gateway.gateway import Gateway
+from agentbolt.gateway.reports import router as gateway_reports_router
 from agentbolt.gateway.routes import openapi_schemas
 from agentbolt.gateway.routes import router as gateway_router
-from agentbolt.server.guards import ApiKeyGuard, BodyLimitGuard, error_body
-from agentbolt.server.queue import QueueSignals
+from agentbolt.server.guards import ApiKeyGuard, BodyLimitGuard
+from agentbolt.server.queue import AttemptFinishHook, QueueSignals
 from agentbolt.server.queue import router as queue_router
 from agentbolt.server.traces import router as traces_router
 from agentbolt.store import SCHEMA_VERSION, Store
 from agentbolt.types import Health, ServerConfig
+from agentbolt.types.openai import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +52,41 @@ async def _watchdog(store: Store, signals: QueueSignals, interval_s: float) -> N
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's request validation, answered as the gateway answers it.
+
+    The rule: a request whose fields fail validation is answered 400 with ``param`` naming the offending
+    field, on the ``/api`` routes as on the gateway (OpenAI's behaviour), never 422.
+    """
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx") or {}
-        return JSONResponse(
-            error_body(f"request body is not valid JSON: {ctx.get('error', 'parse error')}", "invalid_json"),
-            status_code=400,
-        )
+        message = f"request body is not valid JSON: {ctx.get('error', 'parse error')}"
+        return JSONResponse(error_body(400, message, "invalid_json"), status_code=400)
     parts = []
     for err in errors[:10]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        where = _field(err.get("loc", ())) or "body"
         parts.append(f"{where}: {err.get('msg')}")
-    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    return JSONResponse(error_body("invalid request: " + "; ".join(parts), "invalid_request", param), status_code=422)
+    message = "invalid request: " + "; ".join(parts)
+    return JSONResponse(error_body(400, message, "invalid_value", _field(first.get("loc", ()))), status_code=400)
+
+
+def _field(loc: Sequence[Any]) -> str | None:
+    """The dotted path of a validation error's location, without the ``body`` prefix."""
+    return ".".join(str(p) for p in loc if p != "body") or None
 
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
+    body = error_body(exc.status_code, str(exc.detail), code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _agentbolt_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AgentboltError)
-    return JSONResponse(error_body(str(exc), exc.code), status_code=exc.http_status)
+    return JSONResponse(error_body_of(exc), status_code=exc.http_status)
 
 
 def create_app(
@@ -83,7 +99,7 @@ def create_app(
 
     With a ``backend`` (the policy) the app also serves the OpenAI-compatible gateway
     (``/v1/chat/completions``...) and records its calls as spans; shutting down writes every pending span.
-    ``fixed`` models are served beside it under their own names (see :class:`~agentbolt.gateway.calls.Gateway`).
+    ``fixed`` models are served beside it under their own names (see :class:`~agentbolt.gateway.gateway.Gateway`).
     The backends stay the caller's to close.
 
     The returned app is the FastAPI app wrapped in the size and API-key guards; the FastAPI app
@@ -116,14 +132,19 @@ def create_app(
         version=__version__,
         description=(
             "Rollout queue, OTLP/HTTP trace ingest and model-version records for agentbolt. "
-            'Errors are JSON: {"error": {"message", "type", "param", "code"}}.'
+            'Errors are JSON: {"error": {"message", "type", "param", "code"}}; '
+            "a field that fails validation is a 400 whose param names it."
         ),
         lifespan=lifespan,
     )
+    finish_hooks: list[AttemptFinishHook] = []
+    if gateway is not None:
+        finish_hooks.append(gateway)
     api.state.store = store
     api.state.signals = signals
     api.state.config = config
-    api.state.gateway = gateway
+    api.state.attempt_finish_hooks = finish_hooks
+    api.state.gateway = gateway  # the gateway's own routes read it (agentbolt.gateway.gateway.gateway_of)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(AgentboltError, _agentbolt_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
@@ -135,9 +156,12 @@ def create_app(
 
     api.include_router(queue_router)
     api.include_router(traces_router)
+    schemas = _schemas(ErrorResponse)
     if gateway is not None:
         api.include_router(gateway_router)
-        _add_schemas(api, openapi_schemas())
+        api.include_router(gateway_reports_router)
+        schemas.update(openapi_schemas())
+    _customise_openapi(api, schemas)
 
     guarded: Any = BodyLimitGuard(api, config.max_body_bytes)
     if config.api_key:
@@ -146,14 +170,41 @@ def create_app(
     return guarded
 
 
-def _add_schemas(api: FastAPI, schemas: dict[str, Any]) -> None:
-    """Put ``schemas`` into the OpenAPI components (for bodies the routes parse themselves)."""
-    build = api.openapi
+_VALIDATION_400 = {
+    "description": "Invalid input; `param` names the field.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
+_FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _schemas(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema and those it refers to, for the OpenAPI components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = schema.pop("$defs", {})
+    schemas[model.__name__] = schema
+    return schemas
+
+
+def _customise_openapi(api: FastAPI, schemas: dict[str, Any]) -> None:
+    """Put ``schemas`` into the OpenAPI components, and document validation errors as the 400s they are.
+
+    FastAPI documents a 422 on every route that validates its input; this app answers those with a 400
+    (:func:`_validation_error`), so each 422 becomes a 400 (unless the route documents its own 400).
+    """
+    default_openapi = api.openapi
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
-            document = build()
-            document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            document = default_openapi()
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", _VALIDATION_400)
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            for name in _FASTAPI_VALIDATION_SCHEMAS:
+                components.pop(name, None)
+            components.update(schemas)
             api.openapi_schema = document
         return api.openapi_schema
 

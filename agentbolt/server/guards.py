@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentbolt.errors import error_body
 
 # Reachable without a key: liveness probes and the API's own documentation.
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
-def error_body(message: str, code: str, param: str | None = None) -> dict[str, Any]:
-    """The JSON error shape of every agentbolt response (OpenAI's, so one client parses both)."""
-    return {"error": {"message": message, "type": code, "param": param, "code": code}}
-
-
 async def _send_error(send: Send, status: int, message: str, code: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps(error_body(message, code)).encode()
+    body = json.dumps(error_body(status, message, code)).encode()
     await send(
         {
             "type": "http.response.start",

@@ -9,7 +9,8 @@ import asyncio
 import json
 import secrets
 import time
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel
@@ -31,7 +32,9 @@ from agentbolt.types import (
     RolloutCreate,
     RolloutMode,
     RolloutQuery,
+    RolloutsRead,
     RolloutStatus,
+    RolloutWithSpans,
     Span,
     SpanIn,
     WaitRequest,
@@ -62,6 +65,23 @@ class QueueSignals:
             pass
 
 
+class AttemptFinishHook(Protocol):
+    """What another component runs around the end of an attempt (the gateway registers one).
+
+    ``create_app`` registers the hooks; the finish route awaits every hook's :meth:`before_finish`, ends
+    the attempt in the store, then awaits every :meth:`after_finish`. A finish the store refuses (unknown
+    attempt, already finished) runs no ``after_finish``.
+    """
+
+    async def before_finish(self, rollout_id: str, attempt_id: str) -> None:
+        """Before the attempt ends (e.g. store its pending spans, so a finished rollout's spans are all there)."""
+        ...
+
+    async def after_finish(self, rollout_id: str, attempt_id: str) -> None:
+        """Once the attempt has ended (e.g. refuse its later calls)."""
+        ...
+
+
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
@@ -75,6 +95,11 @@ def _json(model: BaseModel, status_code: int = 200) -> Response:
 def _signals(request: Request) -> QueueSignals:
     signals: QueueSignals = request.app.state.signals
     return signals
+
+
+def _finish_hooks(request: Request) -> Sequence[AttemptFinishHook]:
+    hooks: Sequence[AttemptFinishHook] = request.app.state.attempt_finish_hooks
+    return hooks
 
 
 @router.post("/rollouts", response_model=Rollout, status_code=201)
@@ -133,6 +158,18 @@ async def cancel_rollout(request: Request, rollout_id: str) -> Rollout:
     return await _store(request).cancel(rollout_id)
 
 
+@router.post("/rollouts/read", response_model=list[RolloutWithSpans])
+async def read_rollouts(request: Request, body: RolloutsRead) -> Response:
+    """Rollouts with their attempts and every stored span, in the order given, in one read.
+
+    For reading a batch of finished rollouts back whole (the trainer's step, ``agentbolt export``);
+    404 naming every unknown id, and then nothing is returned.
+    """
+    found = await _store(request).read_rollouts(body.rollout_ids)
+    body_json = "[" + ",".join(r.model_dump_json() for r in found) + "]"
+    return Response(body_json, media_type="application/json")
+
+
 @router.post("/rollouts/wait", response_model=WaitResult)
 async def wait_rollouts(request: Request, body: WaitRequest) -> WaitResult:
     """Wait until the given rollouts are finished, or the timeout passes."""
@@ -174,15 +211,16 @@ async def heartbeat(
 async def finish_attempt(request: Request, rollout_id: str, attempt_id: str, body: AttemptFinish) -> Response:
     """End an attempt as succeeded or failed (with error details); the rollout moves on per its config.
 
-    The gateway's LLM-call spans of the attempt still waiting for their batched write are stored first,
-    so a finished rollout's spans are all there.
+    The attempt-finish hooks run around it (:class:`AttemptFinishHook`): with the gateway, the attempt's
+    LLM-call spans still waiting for their batched write are stored first, so a finished rollout's spans
+    are all there, and the attempt's later LLM calls are refused after.
     """
-    gateway = getattr(request.app.state, "gateway", None)
-    if gateway is not None:
-        await gateway.recorder.flush(attempt_id)
+    hooks = _finish_hooks(request)
+    for hook in hooks:
+        await hook.before_finish(rollout_id, attempt_id)
     rollout = await _store(request).finish_attempt(rollout_id, attempt_id, body)
-    if gateway is not None:
-        gateway.attempt_finished(rollout_id, attempt_id)
+    for hook in hooks:
+        await hook.after_finish(rollout_id, attempt_id)
     if rollout.status is RolloutStatus.QUEUING:
         _signals(request).wake()
     return _json(rollout)

@@ -11,7 +11,7 @@ import json
 from fastapi import APIRouter, Request, Response
 from google.rpc import status_pb2
 
-from agentbolt.errors import AgentboltError, UnsupportedMediaType
+from agentbolt.errors import AgentboltError, UnsupportedMediaType, error_body_of
 from agentbolt.server.otlp import decode_trace_request, decompress, encode_trace_response
 from agentbolt.store import Store
 
@@ -27,7 +27,7 @@ def _status_response(exc: AgentboltError, content_type: str) -> Response:
     if content_type.startswith(_PROTOBUF) and not isinstance(exc, UnsupportedMediaType):
         body = status_pb2.Status(code=code, message=str(exc)).SerializeToString()
         return Response(body, status_code=exc.http_status, media_type=_PROTOBUF)
-    payload = {"code": code, "message": str(exc), "error": {"message": str(exc), "type": exc.code}}
+    payload = {"code": code, "message": str(exc), **error_body_of(exc)}  # google.rpc.Status, plus agentbolt's error
     return Response(json.dumps(payload), status_code=exc.http_status, media_type="application/json")
 
 

@@ -5,12 +5,18 @@ resource; an attempt's error) are stored as JSON text, which both backends treat
 Queue timestamps are float seconds, span timestamps int nanoseconds.
 
 ``SCHEMA_VERSION`` is written to ``schema_info`` when the tables are created; a store refuses a
-database whose version it does not know, so that a later release can migrate it instead.
+database whose version it does not know, so that a later release can migrate it instead
+(:func:`prepare_schema`, run when a store opens).
 """
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from agentbolt.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
 
@@ -129,3 +135,47 @@ model_versions = sa.Table(
 )
 
 UNATTRIBUTED_SPANS = "unattributed_spans"
+
+# Key of the advisory lock that serialises schema creation across PostgreSQL clients.
+_PG_SCHEMA_LOCK = 0x61676E74626F6C74  # "agntbolt"
+
+
+def prepare_schema(conn: Connection, url: str) -> None:
+    """Create the missing tables and check the schema version of the database at ``url``.
+
+    Raises StoreUnavailable for a database of another schema version, or one with agentbolt's table
+    names but no ``schema_info``.
+    """
+    if conn.dialect.name == "postgresql":
+        # Two processes opening a fresh database must not both create the tables.
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
+    tables = set(sa.inspect(conn).get_table_names())
+    ours = set(metadata.tables)
+    if schema_info.name in tables:
+        version = conn.execute(sa.select(schema_info.c.version).where(schema_info.c.id == 1)).scalar()
+        if version is None:
+            raise StoreUnavailable(
+                f"the database at {url} has an empty schema_info table; it was not made by "
+                "agentbolt or is damaged. Use another database."
+            )
+        if version != SCHEMA_VERSION:
+            advice = (
+                "Upgrade agentbolt to open it."
+                if version > SCHEMA_VERSION
+                else "This version is unknown; use another database."
+            )
+            raise StoreUnavailable(
+                f"the database at {url} has schema version {version}, but this agentbolt "
+                f"understands version {SCHEMA_VERSION} only. {advice}"
+            )
+    elif tables & ours:
+        raise StoreUnavailable(
+            f"the database at {url} has tables named like agentbolt's ({', '.join(sorted(tables & ours))}) "
+            "but no schema_info table, so its schema version is unknown. Use another database."
+        )
+    metadata.create_all(conn)  # only the missing tables
+    if schema_info.name not in tables:
+        conn.execute(sa.insert(schema_info).values(id=1, version=SCHEMA_VERSION, created_at=time.time()))
+    counter = conn.execute(sa.select(sequences.c.name).where(sequences.c.name == UNATTRIBUTED_SPANS)).first()
+    if counter is None:
+        conn.execute(sa.insert(sequences).values(name=UNATTRIBUTED_SPANS, next_value=0))

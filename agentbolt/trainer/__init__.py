@@ -1,4 +1,8 @@
-"""Training: samples from rollouts (batch.py, advantages.py) and the policy loss (loss.py).
+"""Training: samples from rollouts (batch.py, advantages.py), the policy loss (loss.py), the update
+(micro_batches.py, trainer.py: ``Trainer``, ``WeightSink``; rng.py), checkpoints and metrics.
+
+A pipeline stage: it imports only the stages before it (types, adapter, credit, ``agentbolt.models``), never
+the server, client or gateway; ``agentbolt.train`` composes it with them.
 
 ``prepare_batch`` and the advantage estimators need no PyTorch; the names that do (``policy_loss``,
 ``token_weights``) are imported on first use, so ``import agentbolt.trainer`` stays light.

@@ -112,7 +112,7 @@ def prepare_batch(
 
     report.rollouts_dropped = dict(rollouts_dropped)
     report.transitions_dropped = dict(transitions_dropped)
-    report.transitions_kept = report.samples = len(samples)
+    report.samples = len(samples)
     report.prompt_tokens = sum(len(s.prompt_token_ids) for s in samples)
     report.response_tokens = sum(len(s.response_token_ids) for s in samples)
     finals = [c.final for _, c in credited]

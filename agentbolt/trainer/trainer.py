@@ -1,8 +1,9 @@
 """The embedded policy trainer: one PPO-style update from a batch of samples, then the new weights to the engine.
 
-:meth:`Trainer.step` reads top to bottom: the samples are packed into micro-batches by a token budget,
-each micro-batch runs forward, yields the log-probabilities of its response tokens (the logits at
-position t-1 predict token t, scaled by the temperature it was sampled at), the policy's entropy, and
+:meth:`Trainer.step` (its body: ``Trainer._step``) reads top to bottom: the samples are packed into
+micro-batches by a token budget (:mod:`agentbolt.trainer.micro_batches`), each micro-batch runs forward and
+yields the log-probabilities of its response tokens (:func:`token_logprobs`: the logits at position t-1
+predict token t, scaled by the temperature it was sampled at), the policy's entropy, and
 the PPO-clip loss against the behaviour log-probabilities the gateway recorded; gradients accumulate
 over the micro-batches (the per-token weights are computed over the whole batch, so the sum of
 micro-batch losses *is* the batch loss), then the gradient norm is clipped and the optimizer steps.
@@ -14,24 +15,21 @@ Weights and optimizer state are float32; on CUDA the forward runs under bf16 aut
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
-import dataclasses
-import inspect
 import logging
 import math
-import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from safetensors.torch import load_file
 
-from agentbolt.engine.model_files import load_tokenizer_and_model, save_checkpoint
 from agentbolt.errors import BadInput
+from agentbolt.models import context_length, default_device, load_tokenizer_and_model, missing_weights, save_checkpoint
 from agentbolt.trainer.checkpoint import (
     OPTIMIZER_FILE,
     RNG_FILE,
@@ -42,138 +40,31 @@ from agentbolt.trainer.checkpoint import (
     write_checkpoint,
 )
 from agentbolt.trainer.loss import policy_loss, token_weights
+from agentbolt.trainer.micro_batches import MicroBatch, pack_micro_batches, supports_logits_mask, token_logprobs
+from agentbolt.trainer.rng import TrainerRandom
 from agentbolt.types import LossConfig, Sample, TrainerCheckpoint, TrainerConfig
 
 log = logging.getLogger(__name__)
 
 _ADAPTER = "default"  # PEFT's name for the one adapter we train
+# Mixed into one mini-batch shuffle seed per (seed, step, epoch): distinct primes keep neighbouring runs, steps
+# and epochs apart, and a resumed run recomputes the same order from the step count alone (no stored state).
+_SEED_MIX_RUN, _SEED_MIX_STEP = 1_000_003, 1_009
 
 
-# --- micro-batches ---------------------------------------------------------------------------------
+class WeightSink(Protocol):
+    """Where the trainer sends each new version of the weights: an :class:`agentbolt.engine.Engine`, or anything
+    that serves them the same way."""
 
+    @property
+    def model_version(self) -> int:
+        """The version of the weights it serves (once pending updates are applied)."""
+        ...
 
-@dataclass
-class MicroBatch:
-    """Samples packed for one forward/backward pass (B rows, right-padded to length L).
-
-    Position t of the ``(B, L-1)`` tensors is the prediction of token t+1 from the logits at t.
-    """
-
-    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
-    attention_mask: torch.Tensor  # (B, L) 1 on real tokens
-    response_mask: torch.Tensor  # (B, L-1) bool: position t predicts a response token
-    targets: torch.Tensor  # (B, L-1) the token predicted at each position
-    old_logprobs: torch.Tensor  # (B, L-1) behaviour log-probs on response positions, 0 elsewhere
-    weights: torch.Tensor  # (B, L-1) each response token's share of the batch loss, 0 elsewhere
-    advantages: torch.Tensor  # (B,)
-    temperatures: torch.Tensor  # (B,) the temperature each sample was sampled (and is scored) at
-    tokens: int  # real tokens (prompt + response)
-    response_tokens: int
-
-    def to(self, device: torch.device) -> MicroBatch:
-        """The same batch with its tensors on ``device``."""
-        return dataclasses.replace(
-            self,
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            response_mask=self.response_mask.to(device),
-            targets=self.targets.to(device),
-            old_logprobs=self.old_logprobs.to(device),
-            weights=self.weights.to(device),
-            advantages=self.advantages.to(device),
-            temperatures=self.temperatures.to(device),
-        )
-
-    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` of the response positions ``(N, V)`` divided by their sample's temperature."""
-        per_token = self.temperatures[:, None].expand_as(self.response_mask)[self.response_mask]  # (N,)
-        return logits / per_token[:, None]
-
-
-def pack_micro_batches(
-    samples: list[Sample], weights: list[list[float]], token_budget: int, pad_token_id: int
-) -> list[MicroBatch]:
-    """Pack ``samples`` into micro-batches of at most ``token_budget`` padded tokens (rows x length).
-
-    Samples are sorted longest first so that rows of one micro-batch have similar lengths and little
-    padding; a sample longer than the budget gets a micro-batch of its own.
-
-    Args:
-        samples: the batch.
-        weights: per response token of each sample, its weight in the batch loss (:func:`token_weights`).
-        token_budget: most rows x padded length in one micro-batch.
-        pad_token_id: filler id on padded positions (masked out everywhere).
-    """
-    lengths = [len(s.prompt_token_ids) + len(s.response_token_ids) for s in samples]
-    order = sorted(range(len(samples)), key=lambda i: lengths[i], reverse=True)
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-
-    batches = []
-    for group in groups:
-        rows, width = len(group), lengths[group[0]]
-        input_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((rows, width), dtype=torch.long)
-        response_mask = torch.zeros((rows, width - 1), dtype=torch.bool)
-        old_logprobs = torch.zeros((rows, width - 1), dtype=torch.float32)
-        token_weight = torch.zeros((rows, width - 1), dtype=torch.float32)
-        advantages = torch.empty(rows, dtype=torch.float32)
-        temperatures = torch.empty(rows, dtype=torch.float32)
-        for row, i in enumerate(group):
-            sample = samples[i]
-            p, n = len(sample.prompt_token_ids), lengths[i]
-            input_ids[row, :n] = torch.tensor([*sample.prompt_token_ids, *sample.response_token_ids])
-            attention_mask[row, :n] = 1
-            # Response tokens sit at p..n-1, so the positions predicting them are p-1..n-2.
-            response_mask[row, p - 1 : n - 1] = True
-            old_logprobs[row, p - 1 : n - 1] = torch.tensor(sample.old_logprobs, dtype=torch.float32)
-            token_weight[row, p - 1 : n - 1] = torch.tensor(weights[i], dtype=torch.float32)
-            advantages[row] = sample.advantage
-            temperatures[row] = sample.temperature
-        batches.append(
-            MicroBatch(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                response_mask=response_mask,
-                targets=input_ids[:, 1:],
-                old_logprobs=old_logprobs,
-                weights=token_weight,
-                advantages=advantages,
-                temperatures=temperatures,
-                tokens=sum(lengths[i] for i in group),
-                response_tokens=int(response_mask.sum()),
-            )
-        )
-    return batches
-
-
-def response_logits(model: Any, batch: MicroBatch, *, slice_logits: bool) -> torch.Tensor:
-    """Logits at the positions that predict response tokens: ``(N, vocab)``, N = response tokens, row-major.
-
-    With ``slice_logits`` the model projects only those positions onto the vocabulary (transformers'
-    ``logits_to_keep`` with a boolean mask), skipping the prompt's share of the (large) output layer.
-    """
-    keep = torch.nn.functional.pad(batch.response_mask, (0, 1))  # (B, L): hidden state t predicts token t+1
-    if slice_logits:
-        out = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False
-        )
-        return out.logits
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return out.logits[keep]
-
-
-def supports_logits_mask(model: Any) -> bool:
-    """Whether ``model.forward`` takes a boolean ``logits_to_keep`` mask (transformers >= 5)."""
-    import transformers.modeling_utils as modeling_utils
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = inspect.signature(base.forward).parameters
-    return "logits_to_keep" in params and hasattr(modeling_utils, "slice_logits_to_keep")
+    def update_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> concurrent.futures.Future[int]:
+        """Take ``state_dict`` (full weights, the plain model's names) as ``version``; the future resolves once
+        it serves them."""
+        ...
 
 
 def check_samples(samples: list[Sample], vocab_size: int, max_context: int) -> None:
@@ -213,11 +104,14 @@ class Trainer:
         tokenizer: its tokenizer (padding id; saved with full-model checkpoints).
         config: optimiser, micro-batching, LoRA, device and checkpoint settings.
         loss: PPO-clip bounds, KL coefficient, loss aggregation.
-        engine: an :class:`agentbolt.engine.Engine` to push new weights to after each update.
+        engine: where new weights go after each update (:class:`WeightSink`; the embedded
+            :class:`agentbolt.engine.Engine`).
         on_new_version: called with the new model version once the engine serves it (e.g. to post a
             ModelVersion record to the server).
 
-    Seeds Python's and torch's random generators with ``config.seed`` (LoRA initialisation, dropout).
+    Its random numbers (LoRA initialisation, dropout) come from streams of its own seeded with ``config.seed``
+    (:class:`~agentbolt.trainer.rng.TrainerRandom`): constructing or stepping a trainer leaves the process's
+    global generators as they were.
 
     Raises:
         BadInput: the engine holds the very same model object.
@@ -229,43 +123,43 @@ class Trainer:
         tokenizer: Any,
         config: TrainerConfig,
         loss: LossConfig,
-        engine: Any | None = None,
+        engine: WeightSink | None = None,
         on_new_version: Callable[[int], None] | None = None,
     ) -> None:
-        if engine is not None and engine.model is model:
+        if engine is not None and getattr(engine, "model", None) is model:
             raise BadInput("the trainer and the engine share one model object: give the engine its own copy")
         self.config, self.loss_config = config, loss
         self.tokenizer, self.engine, self.on_new_version = tokenizer, engine, on_new_version
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(config.device)
         bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
-        random.seed(config.seed)
-        torch.manual_seed(config.seed)
+        self._random = TrainerRandom(config.seed, self.device)
 
-        model = model.to(self.device, dtype=torch.float32)
         self.reference: Any | None = None  # frozen reference for the KL penalty; None with LoRA = adapter off
-        if loss.kl_coef > 0:
-            if config.reference_model is not None:
-                self.reference = load_tokenizer_and_model(config.reference_model)[1].to(self.device)
-            elif config.lora is None:
-                self.reference = copy.deepcopy(model)
-            if self.reference is not None:
-                self.reference.requires_grad_(False).eval()
-        if config.lora is not None:
-            from peft import LoraConfig, get_peft_model
+        with self._random.active():  # a LoRA adapter starts from random weights
+            model = model.to(self.device, dtype=torch.float32)
+            if loss.kl_coef > 0:
+                if config.reference_model is not None:
+                    self.reference = load_tokenizer_and_model(config.reference_model)[1].to(self.device)
+                elif config.lora is None:
+                    self.reference = copy.deepcopy(model)
+                if self.reference is not None:
+                    self.reference.requires_grad_(False).eval()
+            if config.lora is not None:
+                from peft import LoraConfig, get_peft_model
 
-            lora = config.lora
-            peft_config = LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
-            )
-            model = get_peft_model(model, peft_config)
+                lora = config.lora
+                peft_config = LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules)
+                )
+                model = get_peft_model(model, peft_config)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
         )
         self.vocab_size: int = model.config.vocab_size
-        self.max_context: int = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.max_context = context_length(model.config)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id: int = int(pad or 0)
         self.slice_logits = supports_logits_mask(model)
@@ -273,6 +167,11 @@ class Trainer:
         self.model_version: int = engine.model_version if engine is not None else 0
 
     # --- one policy update -------------------------------------------------------------------------
+
+    def skip_step(self) -> None:
+        """Count a step that makes no update (its batch had nothing to learn from), so ``steps_done``
+        stays the training loop's step: the step a checkpoint resumes from and the ``step`` metric."""
+        self.steps_done += 1
 
     def step(self, samples: list[Sample]) -> dict[str, float]:
         """One policy update from ``samples``, then the new weights to the engine (model version + 1).
@@ -286,6 +185,10 @@ class Trainer:
             BadInput: a sample is unusable (empty response, logprobs not one per token, too long...).
         """
         check_samples(samples, self.vocab_size, self.max_context)
+        with self._random.active():  # dropout draws from the trainer's own random streams
+            return self._step(samples)
+
+    def _step(self, samples: list[Sample]) -> dict[str, float]:
         cfg, loss_cfg = self.config, self.loss_config
         started = time.perf_counter()
         lr = cfg.lr * min(1.0, (self.steps_done + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
@@ -303,12 +206,8 @@ class Trainer:
                 for cpu_batch in pack_micro_batches(mini_batch, weights, cfg.micro_batch_tokens, self.pad_token_id):
                     batch = cpu_batch.to(self.device)
                     mask = batch.response_mask  # (B, T), T = L-1
-                    with self._autocast():
-                        logits = response_logits(self.model, batch, slice_logits=self.slice_logits)  # (N, V)
                     # Scored at the temperature it was sampled at, like the engine's behaviour logprobs.
-                    logp_all = torch.log_softmax(batch.scaled(logits.float()), dim=-1)  # (N, V)
-                    token_logp = logp_all.gather(-1, batch.targets[mask][:, None]).squeeze(-1)  # (N,)
-                    logprobs = torch.zeros(mask.shape, device=self.device).masked_scatter(mask, token_logp)
+                    logprobs, logp_all = self._token_logprobs(self.model, batch)  # (B, T), (N, V)
                     with torch.no_grad():  # entropy of the policy at each response position, a metric only
                         entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
                     ref_logprobs = self._reference_logprobs(batch) if loss_cfg.kl_coef > 0 else None
@@ -381,7 +280,8 @@ class Trainer:
         parts = min(self.config.mini_batches, len(samples))
         if parts == 1:
             return [samples]
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.steps_done * 1_009 + epoch)
+        seed = self.config.seed * _SEED_MIX_RUN + self.steps_done * _SEED_MIX_STEP + epoch
+        generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(samples), generator=generator).tolist()
         return [[samples[i] for i in order[k::parts]] for k in range(parts)]
 
@@ -393,18 +293,11 @@ class Trainer:
             reference, context = self.reference, contextlib.nullcontext()
         else:  # LoRA: the base model is the reference
             reference, context = self.model, self.model.disable_adapter()
-        with context, self._autocast():
-            logits = response_logits(reference, batch, slice_logits=self.slice_logits)
-        mask = batch.response_mask
-        logp = (
-            torch.log_softmax(batch.scaled(logits.float()), dim=-1).gather(-1, batch.targets[mask][:, None]).squeeze(-1)
-        )
-        return torch.zeros(mask.shape, device=self.device).masked_scatter(mask, logp)
+        with context:
+            return self._token_logprobs(reference, batch)[0]
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+    def _token_logprobs(self, model: Any, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_logprobs(model, batch, slice_logits=self.slice_logits, autocast_dtype=self.autocast_dtype)
 
     def _version_lag(self, samples: list[Sample]) -> dict[str, float]:
         current = self.engine.model_version if self.engine is not None else self.model_version
@@ -469,13 +362,19 @@ class Trainer:
             loss=self.loss_config.model_dump(mode="json"),
             created_at=time.time(),
         )
-        rng = rng_state()  # as of now: writing the weights may draw random numbers (a model built to save)
-        try:
-            return write_checkpoint(
-                Path(target), state, self._write_weights, self.optimizer.state_dict(), rng, self.config.keep_checkpoints
-            )
-        finally:
-            set_rng_state(rng)  # saving or not, the run goes on with the same random numbers
+        with self._random.active():
+            rng = rng_state()  # as of now: writing the weights may draw random numbers (a model built to save)
+            try:
+                return write_checkpoint(
+                    Path(target),
+                    state,
+                    self._write_weights,
+                    self.optimizer.state_dict(),
+                    rng,
+                    self.config.keep_checkpoints,
+                )
+            finally:
+                set_rng_state(rng)  # saving or not, the run goes on with the same random numbers
 
     def _write_weights(self, directory: Path) -> None:
         if self.config.lora is not None:
@@ -512,14 +411,14 @@ class Trainer:
             for file in sorted((checkpoint / "model").glob("*.safetensors")):
                 weights.update(load_file(file, device=str(self.device)))
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
-            if set(missing) - tied or unexpected:
+            if missing_weights(missing, self.model.config) or unexpected:
                 raise BadInput(
                     f"checkpoint {checkpoint} does not fit the model: missing {missing[:5]}, "
                     f"unexpected {unexpected[:5]}"
                 )
         self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location=self.device))
-        set_rng_state(torch.load(checkpoint / RNG_FILE))
+        with self._random.active():  # the checkpoint's states become the trainer's own streams
+            set_rng_state(torch.load(checkpoint / RNG_FILE))
         self.steps_done = state.step
         self.model_version = state.model_version
         if self.engine is not None:  # the engine serves the resumed weights; the version record already exists

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agentbolt.engine import Engine, load_tokenizer_and_model, save_checkpoint
+from agentbolt.gateway.text import TokenText
 from agentbolt.types import GenerationRequest
 
 
@@ -18,8 +19,13 @@ def demo() -> Iterator[Engine]:
         yield engine
 
 
+def chat_prompt(engine: Engine, question: str) -> list[int]:
+    """Prompt ids of one user message, rendered the way the gateway renders chats."""
+    return TokenText(engine.tokenizer).chat_prompt([{"role": "user", "content": question}])
+
+
 async def test_demo_model_answers_a_chat_message(demo: Engine) -> None:
-    prompt = demo.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    prompt = chat_prompt(demo, "What is the capital of France?")
     result = await demo.generate(GenerationRequest(prompt_token_ids=prompt, max_new_tokens=12, temperature=0))
     text = demo.tokenizer.decode(result.response_token_ids, skip_special_tokens=True)
     assert text.strip()
@@ -31,6 +37,6 @@ def test_gguf_model_saves_as_a_plain_checkpoint(demo: Engine, tmp_path: Path) ->
     save_checkpoint(demo.model, demo.tokenizer, tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     _, reloaded = load_tokenizer_and_model(str(tmp_path))
-    ids = torch.tensor([demo.apply_chat_template([{"role": "user", "content": "Hi"}])])
+    ids = torch.tensor([chat_prompt(demo, "Hi")])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, demo.model(input_ids=ids).logits)

@@ -11,6 +11,7 @@ import torch
 
 from agentbolt.engine import Engine, tiny_random_model
 from agentbolt.errors import BadInput
+from agentbolt.gateway.text import TokenText
 from agentbolt.types import GenerationRequest
 
 PROMPTS = [
@@ -28,7 +29,9 @@ def engine(tokenizer: Any) -> Iterator[Engine]:
 
 
 def prompts(engine: Engine) -> list[list[int]]:
-    return [engine.apply_chat_template(p) for p in PROMPTS]
+    """The chats rendered to prompt ids the way the gateway renders them (the tokenizer's chat template)."""
+    text = TokenText(engine.tokenizer)
+    return [text.chat_prompt(p) for p in PROMPTS]
 
 
 async def test_batched_greedy_matches_one_at_a_time(engine: Engine) -> None:

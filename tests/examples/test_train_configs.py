@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentbolt.trainer.run import load_tasks
+from agentbolt.train import load_tasks
 from agentbolt.types import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -102,6 +102,19 @@ def test_bad_chat_request_is_a_4xx_naming_the_field_and_nothing_is_generated_or_
     assert llm_spans(server.url, rollout_id) == []
 
 
+def test_error_type_is_openais_category_and_code_the_specific_reason(server: Any) -> None:
+    cases = [
+        ({"model": "gpt-4o", "messages": USER}, 404, "model_not_found"),
+        ({"model": MODEL, "messages": USER, "temperature": 3}, 400, "invalid_value"),
+        ({"model": MODEL, "messages": USER, "best_guess": True}, 400, "unsupported_parameter"),
+        ({"model": MODEL, "messages": USER, "max_tokens": 60}, 400, "context_length_exceeded"),
+    ]
+    for body, status, code in cases:
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+        assert r.status_code == status, r.text
+        assert (r.json()["error"]["type"], r.json()["error"]["code"]) == ("invalid_request_error", code)
+
+
 def test_body_that_is_not_json_is_a_400(server: Any) -> None:
     r = httpx.post(f"{server.url}/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"

@@ -1,4 +1,5 @@
-"""Tool calling for models without a tool chat template: rendering requests, parsing replies."""
+"""Tool calling for models without a tool chat template: rendering requests, parsing replies, and tool calls
+through the gateway (OpenAI tool_calls out, recorded on the span)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,20 @@ import json
 import re
 from typing import Any
 
+import openai
 import pytest
 
 from agentbolt.errors import BadInput
 from agentbolt.gateway.tools import active_tools, format_tool_call, parse_tool_calls, render_tool_messages
+from tests.gateway.live_gateway import (
+    MODEL,
+    ScriptedBackend,
+    StartServer,
+    attempt_url,
+    claim_attempt,
+    finish_attempt,
+    llm_spans,
+)
 
 
 def _tool(name: str, description: str = "", **properties: str) -> dict[str, Any]:
@@ -494,3 +505,85 @@ def test_system_prompt_with_two_tools_stays_short(tokenizer: Any) -> None:
     print(f"system prompt with two tools: {n_tokens} tokens")
 
     assert n_tokens < 300
+
+
+# --- through the gateway, with a scripted backend (exact replies) ----------------------------------
+
+SAY_HELLO = [{"role": "user", "content": "Say hello."}]
+GATEWAY_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers.",
+            "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
+        },
+    }
+]
+CALL_TEXT = 'Let me add.\n<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
+
+
+def test_tool_call_reply_becomes_openai_tool_calls_and_is_recorded(start_server: StartServer, tokenizer: Any) -> None:
+    server = start_server(ScriptedBackend(tokenizer, [CALL_TEXT, "It is 5."]))
+    rollout_id, attempt_id = claim_attempt(server.url)
+    client = openai.OpenAI(base_url=attempt_url(server.url, rollout_id, attempt_id), api_key="unused")
+    messages: list[Any] = [{"role": "user", "content": "What is 2 + 3?"}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, tools=GATEWAY_TOOLS)  # type: ignore[arg-type]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me add."
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 2, "b": 3}
+
+    # The agent sends the call back with re-serialised arguments (as LangChain does) and the tool's result.
+    echoed = {
+        "role": "assistant",
+        "content": choice.message.content,
+        "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":3}'}}],
+    }
+    messages += [echoed, {"role": "tool", "tool_call_id": call.id, "content": "5"}]
+    final = client.chat.completions.create(model=MODEL, messages=messages, tools=GATEWAY_TOOLS)  # type: ignore[arg-type]
+    assert final.choices[0].message.content == "It is 5." and final.choices[0].finish_reason == "stop"
+    finish_attempt(server.url, rollout_id, attempt_id)
+
+    first, second = (s["attributes"] for s in llm_spans(server.url, rollout_id))
+    assert json.loads(first["agentbolt.llm.tool_calls"]) == [call.model_dump(exclude_none=True)]
+    assert first["agentbolt.llm.tool_call_malformed"] is False
+    assert first["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    # The assistant turn was rendered from the model's own text: the prompt repeats its exact tokens.
+    assert second["agentbolt.llm.fidelity_mismatch"] is False
+    repeated = first["agentbolt.llm.prompt_token_ids"] + first["agentbolt.llm.response_token_ids"]
+    assert second["agentbolt.llm.prompt_token_ids"][: len(repeated)] == repeated
+
+
+def test_malformed_tool_call_is_returned_as_text_and_flagged(start_server: StartServer, tokenizer: Any) -> None:
+    broken = '<tool_call>{"name": "add", "arguments": {"a": 2,</tool_call>'
+    server = start_server(ScriptedBackend(tokenizer, [broken]))
+    rollout_id, attempt_id = claim_attempt(server.url)
+    client = openai.OpenAI(base_url=attempt_url(server.url, rollout_id, attempt_id), api_key="unused")
+    reply = client.chat.completions.create(model=MODEL, messages=SAY_HELLO, tools=GATEWAY_TOOLS)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == broken
+    assert not reply.choices[0].message.tool_calls and reply.choices[0].finish_reason == "stop"
+    finish_attempt(server.url, rollout_id, attempt_id)
+    [span] = llm_spans(server.url, rollout_id)
+    assert span["attributes"]["agentbolt.llm.tool_call_malformed"] is True
+    assert span["attributes"]["agentbolt.llm.tool_call_error"]
+
+
+def test_streamed_tool_call_reassembles_in_the_openai_client(start_server: StartServer, tokenizer: Any) -> None:
+    server = start_server(ScriptedBackend(tokenizer, [CALL_TEXT]))
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    with client.chat.completions.stream(
+        model=MODEL,
+        messages=SAY_HELLO,
+        tools=GATEWAY_TOOLS,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me add."
+    [call] = choice.message.tool_calls or []
+    assert (call.function.name, json.loads(call.function.arguments)) == ("add", {"a": 2, "b": 3})
+    assert final.usage is not None and final.usage.completion_tokens > 0

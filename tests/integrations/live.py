@@ -103,7 +103,7 @@ class Outcome:
 
 def example_tasks(example: str, n: int) -> list[Any]:
     """The first ``n`` training tasks of ``examples/<example>/questions.jsonl`` (read as `agentbolt train` does)."""
-    from agentbolt.trainer.run import load_tasks
+    from agentbolt.train import load_tasks
     from agentbolt.types import TaskSource
 
     root = Path(__file__).resolve().parents[2]
@@ -122,7 +122,7 @@ def run_rollouts(
 ) -> Outcome:
     """Serve ``backend`` (and ``fixed`` models), enqueue ``tasks``, run a worker until it has claimed them all,
     return what was stored."""
-    config = ServerConfig(port=0, store_url=f"sqlite+aiosqlite:///{tmp_path / 'integration.db'}")
+    config = ServerConfig(port=0, store_url=f"sqlite:///{tmp_path / 'integration.db'}")
     with BackgroundServer(config, backend=backend, fixed=fixed) as server:
         body = [{"input": task, "config": {"timeout_s": timeout_s}} for task in tasks]
         created = httpx.post(f"{server.url}/api/rollouts/batch", json=body, timeout=30)

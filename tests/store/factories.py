@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentbolt.store import Store
 from agentbolt.types import Claim, Rollout, RolloutConfig, RolloutCreate, SpanIn
@@ -45,3 +50,31 @@ async def claim(store: Store, worker_id: str = "w1", **fields: Any) -> Claim:
     got = await store.dequeue(worker_id)
     assert got is not None
     return got
+
+
+async def execute_raw(url: str, statement: sa.Executable) -> sa.Result[Any]:
+    """Run one statement on a store's database outside any Store (to inspect or damage it), committed.
+
+    Rows come back buffered, readable after the connection is gone. SQLite goes through the stdlib
+    driver, as the store does (agentbolt does not depend on aiosqlite).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+
+        def run() -> sa.Result[Any]:
+            engine = sa.create_engine(parsed.set(drivername="sqlite+pysqlite"))
+            try:
+                with engine.begin() as conn:
+                    result = conn.execute(statement)
+                    return result.freeze()() if result.returns_rows else result
+            finally:
+                engine.dispose()
+
+        return await asyncio.to_thread(run)
+    engine = create_async_engine(parsed)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(statement)
+            return result.freeze()() if result.returns_rows else result
+    finally:
+        await engine.dispose()

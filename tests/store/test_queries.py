@@ -57,6 +57,29 @@ async def test_get_rollout_and_attempt_of_unknown_ids_raise_not_found(store: Sto
     assert (await store.get_rollout(rollout.rollout_id, with_attempts=False)).attempts is None
 
 
+async def test_get_rollouts_returns_each_in_the_order_given(store: Store) -> None:
+    [a, b, c] = await enqueue(store, 3)
+    got = await store.dequeue("w")
+    assert got is not None and got.rollout.rollout_id == a.rollout_id
+    await store.finish_attempt(a.rollout_id, got.attempt.attempt_id, AttemptFinish(status="succeeded", reward=1.0))
+    order = [c.rollout_id, a.rollout_id, b.rollout_id, c.rollout_id]
+
+    many = await store.get_rollouts(order)
+    assert many == [await store.get_rollout(i) for i in order]
+    assert [len(r.attempts or []) for r in many] == [0, 1, 0, 0]
+    assert (many[1].status, many[1].reward) == (RolloutStatus.SUCCEEDED, 1.0)
+    bare = await store.get_rollouts(order, with_attempts=False)
+    assert bare == [await store.get_rollout(i, with_attempts=False) for i in order]
+    assert all(r.attempts is None for r in bare)
+    assert await store.get_rollouts([]) == []
+
+
+async def test_get_rollouts_names_every_unknown_id(store: Store) -> None:
+    [a] = await enqueue(store, 1)
+    with pytest.raises(NotFound, match="rollout nope, gone does not exist"):
+        await store.get_rollouts(["nope", a.rollout_id, "gone", "nope"])
+
+
 async def test_wait_for_rollouts_returns_once_all_are_finished(store: Store) -> None:
     [a, b] = await enqueue(store, 2)
 

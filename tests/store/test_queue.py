@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from agentbolt.errors import BadInput, Conflict, IllegalTransition, NotFound
 from agentbolt.store import Store
+from agentbolt.store import queue as store_queue
 from agentbolt.types import (
     AttemptFinish,
     AttemptStatus,
@@ -115,11 +117,13 @@ async def test_dequeue_is_exclusive_under_concurrency(store: Store, store_url: s
     assert all(r.status is RolloutStatus.RUNNING and len(r.attempts or []) == 1 for r in page.items)
 
 
-async def test_heartbeat_updates_the_attempt_and_the_worker(store: Store) -> None:
+async def test_heartbeat_updates_the_attempt_and_the_worker(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     got = await claim(store, "w1")
-    await asyncio.sleep(0.01)
+    later = got.attempt.last_heartbeat_at + 5.0
+    monkeypatch.setattr(store_queue, "time", SimpleNamespace(time=lambda: later))  # the store's clock moved on
     beat = await store.heartbeat(got.rollout.rollout_id, got.attempt.attempt_id, "w1")
     assert beat.last_heartbeat_at > got.attempt.last_heartbeat_at
+    assert beat.last_heartbeat_at == later
     assert beat.status is AttemptStatus.RUNNING
     [worker] = await store.list_workers()
     assert worker.last_seen_at == beat.last_heartbeat_at
@@ -243,6 +247,7 @@ async def test_dequeue_rejects_an_empty_worker_id(store: Store) -> None:
 _DEQUEUE_ALL = """
 import asyncio, json, sys
 from agentbolt.store import Store
+from agentbolt.store import queue as store_queue
 
 async def main(url: str, worker: str) -> None:
     store = Store(url)

@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentbolt.errors import BadInput, StoreUnavailable
 from agentbolt.store import SCHEMA_VERSION, Store
 from agentbolt.store.schema import schema_info
-from agentbolt.types import RolloutStatus
+from agentbolt.types import AttemptFinish, AttemptStatus, RolloutStatus
 
-from .factories import enqueue
+from .factories import enqueue, execute_raw
 
 
 async def _set_schema_version(url: str, version: int) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.update(schema_info).values(version=version))
-    finally:
-        await engine.dispose()
+    await execute_raw(url, sa.update(schema_info).values(version=version))
 
 
 async def test_open_creates_the_schema_and_reopening_keeps_the_data(store_url: str) -> None:
@@ -40,12 +35,7 @@ async def test_open_creates_the_schema_and_reopening_keeps_the_data(store_url: s
         assert (await again.get_rollout(rollout.rollout_id)).input == {"i": 0}
     finally:
         await again.close()
-    engine = create_async_engine(store_url)
-    try:
-        async with engine.connect() as conn:
-            assert (await conn.execute(sa.select(schema_info.c.version))).scalar_one() == SCHEMA_VERSION
-    finally:
-        await engine.dispose()
+    assert (await execute_raw(store_url, sa.select(schema_info.c.version))).scalar_one() == SCHEMA_VERSION
 
 
 async def test_a_database_with_a_newer_schema_version_is_refused(store_url: str) -> None:
@@ -61,12 +51,7 @@ async def test_agentbolt_tables_without_schema_info_are_refused(store_url: str) 
     store = Store(store_url)
     await store.open()
     await store.close()
-    engine = create_async_engine(store_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("DROP TABLE schema_info"))
-    finally:
-        await engine.dispose()
+    await execute_raw(store_url, sa.text("DROP TABLE schema_info"))
     with pytest.raises(StoreUnavailable, match="no schema_info"):
         await Store(store_url).open()
 
@@ -84,16 +69,83 @@ async def test_sqlite_store_uses_wal_mode(tmp_path: Path) -> None:
     ("url", "match"),
     [
         ("mysql://u@h/db", "scheme 'mysql' is not supported"),
-        ("sqlite:///a.db", "sqlite\\+aiosqlite"),
+        ("sqlite+pysqlite:///a.db", "write sqlite:///PATH.db"),
         ("postgresql://u@h/db", "postgresql\\+asyncpg"),
         ("sqlite+aiosqlite://", "in-memory"),
         ("sqlite+aiosqlite:///:memory:", "in-memory"),
+        ("sqlite://", "in-memory"),
         ("just/a/path.db", "not a database URL"),
     ],
 )
 def test_unsupported_urls_are_bad_input(url: str, match: str) -> None:
     with pytest.raises(BadInput, match=match):
         Store(url)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [("sqlite", "sqlite+aiosqlite"), ("sqlite+aiosqlite", "sqlite")],
+    ids=["sqlite-then-aiosqlite-spelling", "aiosqlite-spelling-then-sqlite"],
+)
+async def test_both_sqlite_url_forms_open_the_same_store(tmp_path: Path, first: str, then: str) -> None:
+    path = tmp_path / "a.db"
+    store = Store(f"{first}:///{path}")
+    assert store.backend == "sqlite"
+    await store.open()
+    try:
+        [rollout] = await enqueue(store, 1)
+        claimed = await store.dequeue("w1")
+        assert claimed is not None and claimed.rollout.rollout_id == rollout.rollout_id
+    finally:
+        await store.close()
+
+    again = Store(f"{then}:///{path}")
+    assert again.backend == "sqlite"
+    await again.open()
+    try:
+        done = await again.finish_attempt(
+            rollout.rollout_id, claimed.attempt.attempt_id, AttemptFinish(status="succeeded", reward=1.0)
+        )
+        assert (done.status, done.reward) == (RolloutStatus.SUCCEEDED, 1.0)
+        assert (await again.get_rollout(rollout.rollout_id)).attempts == [
+            claimed.attempt.model_copy(update={"status": AttemptStatus.SUCCEEDED, "ended_at": done.finished_at})
+        ]
+    finally:
+        await again.close()
+
+
+_WITHOUT_AIOSQLITE = """
+import asyncio, sys
+sys.modules["aiosqlite"] = None  # importing it now raises ImportError, as where it is not installed
+from agentbolt.store import Store
+from agentbolt.types import RolloutCreate
+
+async def main(directory: str) -> None:
+    for scheme in ("sqlite", "sqlite+aiosqlite"):
+        store = Store(f"{scheme}:///{directory}/{scheme}.db")
+        await store.open()
+        [rollout] = await store.enqueue([RolloutCreate(input={"i": 0})])
+        claimed = await store.dequeue("w1")
+        assert claimed is not None and claimed.rollout.rollout_id == rollout.rollout_id
+        await store.close()
+    print("ok", flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_the_sqlite_store_works_without_aiosqlite_installed(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WITHOUT_AIOSQLITE,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out == b"ok\n"
 
 
 async def test_an_unreachable_postgres_server_raises_store_unavailable() -> None:

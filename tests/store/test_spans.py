@@ -178,3 +178,45 @@ async def test_span_times_beyond_64_bits_are_refused(store: Store) -> None:
     got = await claim(store)
     with pytest.raises(BadInput, match="start_time_ns"):
         await store.add_spans([span(got.rollout.rollout_id, got.attempt.attempt_id, start=2**64)])
+
+
+async def test_spans_of_rollouts_returns_every_span_of_each_in_sequence_order(store: Store) -> None:
+    a = await claim(store, config={"max_attempts": 2, "retry_on": ["failed"]})
+    rid, first = a.rollout.rollout_id, a.attempt.attempt_id
+    await store.add_spans([span(rid, first, start=30, name="c"), span(rid, first, start=10, name="a")])
+    await store.add_spans([span(rid, None, name="rollout-level"), span(None, None, name="unattributed")])
+    await store.finish_attempt(rid, first, AttemptFinish(status="failed"))
+    retry = await store.dequeue("w")
+    assert retry is not None and retry.rollout.rollout_id == rid
+    second = retry.attempt.attempt_id
+    await store.add_spans([span(rid, second, start=1, name="x")])
+    other = await claim(store)
+    await store.add_spans([span(other.rollout.rollout_id, other.attempt.attempt_id, name="o")])
+    empty = await claim(store)
+
+    ids = [empty.rollout.rollout_id, other.rollout.rollout_id, rid]
+    got = await store.spans_of_rollouts(ids)
+    assert list(got) == ids
+    assert [(s.attempt_id, s.sequence_id, s.name) for s in got[rid]] == [
+        (None, 0, "rollout-level"),
+        (first, 0, "a"),
+        (first, 1, "c"),
+        (second, 0, "x"),
+    ]
+    assert got[rid] == (await store.query_spans(rid)).items
+    assert [s.name for s in got[other.rollout.rollout_id]] == ["o"]
+    assert got[empty.rollout.rollout_id] == []
+    assert await store.spans_of_rollouts([]) == {}
+
+
+async def test_spans_of_rollouts_is_not_paged(store: Store) -> None:
+    got = await claim(store)
+    rid, aid = got.rollout.rollout_id, got.attempt.attempt_id
+    await store.add_spans([span(rid, aid, start=i) for i in range(1200)])  # more than one query_spans page
+    assert [s.sequence_id for s in (await store.spans_of_rollouts([rid]))[rid]] == list(range(1200))
+
+
+async def test_spans_of_unknown_rollouts_raise_not_found(store: Store) -> None:
+    got = await claim(store)
+    with pytest.raises(NotFound, match="rollout nope, gone does not exist"):
+        await store.spans_of_rollouts(["nope", got.rollout.rollout_id, "gone"])

@@ -61,7 +61,7 @@ def test_a_mixed_batch_gives_samples_of_the_informative_groups_and_counts_the_re
 
     assert (report.rollouts_total, report.rollouts_used) == (7, 2)
     assert report.rollouts_dropped == {"equal_group": 2, "not_finished": 1, "no_reward": 1, "no_transitions": 1}
-    assert report.transitions_kept == report.samples == 4
+    assert report.metrics()["transitions/kept"] == report.samples == 4
     assert report.transitions_dropped == {"equal_group": 2, "no_reward": 1}
     assert (report.earlier_attempts_dropped, report.earlier_attempt_spans_dropped) == (1, 2)
     assert (report.groups_total, report.groups_skipped) == (2, 1)

