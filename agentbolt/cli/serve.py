@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+from typing import get_args
 
 import click
 
 from agentbolt import __version__
 from agentbolt.cli.options import api_key_option, console, one_line_errors, setup_logging
 from agentbolt.types import POLICY_MODEL, ServerConfig
+from agentbolt.types.config import ToolFormatSetting
 
 
 def _is_loopback(host: str) -> bool:
@@ -64,6 +66,15 @@ def _is_loopback(host: str) -> bool:
     help="Also serve MODEL (like --model) as NAME, on its own embedded engine whose weights never change: for "
     "agents that are not trained. Their calls are traced but never trained on. Repeatable.",
 )
+@click.option(
+    "--tool-format",
+    type=click.Choice(get_args(ToolFormatSetting)),
+    default="auto",
+    show_default=True,
+    help="How tools are written into the prompt of a model whose chat template has none: hermes "
+    "(<tool_call>{json}</tool_call>), pythonic ([name(arg=value)]), or auto, by model family (SmolLM2: pythonic, "
+    "others: hermes).",
+)
 @click.option("--require-attempt", is_flag=True, help="Refuse gateway calls that name no rollout attempt (403).")
 @click.option(
     "--strict-token-fidelity",
@@ -85,6 +96,7 @@ def serve(
     upstream_api_key: str | None,
     served_model: str,
     fixed_models: tuple[str, ...],
+    tool_format: ToolFormatSetting,
     require_attempt: bool,
     strict_token_fidelity: bool,
     verbose: bool,
@@ -135,6 +147,7 @@ def serve(
         upstream_model=upstream_model,
         upstream_api_key=upstream_api_key,
         fixed_models=fixed,
+        tool_format=tool_format,
         require_attempt=require_attempt,
         strict_token_fidelity=strict_token_fidelity,
     )
@@ -160,6 +173,7 @@ def serve(
         )
         return
     from agentbolt.gateway.backend import backend_from_config, fixed_backends_from_config
+    from agentbolt.gateway.tools import choose_tool_format
     from agentbolt.server import create_app
 
     with one_line_errors():
@@ -167,6 +181,9 @@ def serve(
             console.print(f"loading {', '.join([config.model, *fixed.values()])} ...")
         backend = backend_from_config(config)
         fixed_backends = fixed_backends_from_config(config)
+    for served in [backend, *fixed_backends] if backend is not None else []:
+        tool_format, why = choose_tool_format(config.tool_format, served.tokenizer)
+        gateway_note += f"\n  tools for {served.model_name!r} in the {tool_format} format ({why})"
     console.print(
         f"agentbolt {__version__} serving on http://{host}:{port}  (docs: /docs, store: {_safe_url(store_url)})"
         + gateway_note

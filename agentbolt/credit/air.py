@@ -3,6 +3,7 @@
 Each built-in signal adds its ``AIRConfig`` weight (0 disables it) to one transition:
 
 * ``tool_failure`` -- per tool call that failed or raised, to the LLM call that asked for it;
+* ``tool_success`` -- per tool call that succeeded, to the LLM call that asked for it (off by default);
 * ``malformed_tool_call`` -- to a call whose tool call the gateway could not parse;
 * ``exception`` -- per exception the agent recorded after a call, and to the last call of an attempt
   that an uncaught exception ended;
@@ -40,6 +41,7 @@ def air_rewards(episode: Episode, config: AIRConfig, rules: Sequence[AIRRule] = 
     for t, transition in enumerate(episode.transitions):
         signals = {
             "tool_failure": config.tool_failure * sum(1 for o in transition.tool_outcomes if not o.success),
+            "tool_success": config.tool_success * sum(1 for o in transition.tool_outcomes if o.success),
             "malformed_tool_call": config.malformed_tool_call * transition.tool_call_malformed,
             "exception": config.exception
             * (len(transition.exceptions) + (t == last and episode.uncaught_exception is not None)),

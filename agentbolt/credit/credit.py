@@ -5,6 +5,8 @@ credited to a transition t: the user's ``emit_reward(final=False)`` that followe
 rewards for it (:mod:`agentbolt.credit.air`). With T transitions and final reward F:
 
 * ``broadcast`` (the paper's default): R_t = F + sum_k r_k for every t -- the episode return, to each call.
+* ``broadcast_own``: R_t = F + r_t -- the outcome to every call, and each call's own intermediate rewards
+  (AIR's included) to it alone: a call whose tool failed gets less than the calls that worked.
 * ``discounted``: R_t = sum_{k>=t} gamma^(k-t) r_k + gamma^(T-1-t) F -- the final reward is the last
   transition's reward, so earlier calls get less of it when gamma < 1, and rewards only reach the
   calls at or before them.
@@ -67,6 +69,8 @@ def transition_returns(final: float, intermediate: Sequence[float], strategy: st
     n = len(intermediate)
     if strategy == "broadcast":
         return [final + sum(intermediate)] * n
+    if strategy == "broadcast_own":
+        return [final + r for r in intermediate]
     if strategy == "final_only":
         return [r + (final if t == n - 1 else 0.0) for t, r in enumerate(intermediate)]
     if strategy == "discounted":
@@ -76,7 +80,7 @@ def transition_returns(final: float, intermediate: Sequence[float], strategy: st
             running = intermediate[t] + (running if t == n - 1 else gamma * running)
             returns[t] = running
         return returns
-    raise ValueError(f"unknown credit strategy {strategy!r}: use broadcast, discounted or final_only")
+    raise ValueError(f"unknown credit strategy {strategy!r}: use broadcast, broadcast_own, discounted or final_only")
 
 
 def assign_credit(episode: Episode, config: CreditConfig, air: Sequence[float] | None = None) -> EpisodeCredit | None:

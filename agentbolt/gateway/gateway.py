@@ -15,6 +15,7 @@ choice, built by ``llm_spans``, handed to the batching recorder).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
@@ -31,11 +32,13 @@ from agentbolt.gateway.fidelity import FidelityTracker, MessageKey, Turn, messag
 from agentbolt.gateway.llm_spans import llm_call_spans
 from agentbolt.gateway.recorder import SpanRecorder
 from agentbolt.gateway.text import TokenText, response_text
-from agentbolt.gateway.tools import parse_tool_calls
+from agentbolt.gateway.tools import ToolFormat, choose_tool_format, parse_tool_calls
 from agentbolt.store import Store
 from agentbolt.types import ChatCompletionRequest, CompletionRequest, GenerationRequest, GenerationResult, ServerConfig
 
 _MAX_RAW_REPLIES = 100_000  # tool-call replies remembered for re-rendering (oldest forgotten first)
+
+logger = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -47,7 +50,8 @@ class Gateway:
     Args:
         backend: the policy model the gateway serves.
         store: where spans go.
-        config: the server's settings (``require_attempt``, ``strict_token_fidelity``, ``max_n``...).
+        config: the server's settings (``require_attempt``, ``strict_token_fidelity``, ``max_n``,
+            ``tool_format``...).
         fixed: fixed models served beside the policy, each under its own ``model_name``.
 
     Raises:
@@ -62,6 +66,12 @@ class Gateway:
                 raise BadInput(f"two served models are named {b.model_name!r}: give each its own name")
             self.models[b.model_name] = Served(b, TokenText(b.tokenizer), fixed=b is not backend)
         self.config = config
+        # The tool format of each served model (config.tool_format, by model family when "auto").
+        self.tool_formats: dict[str, ToolFormat] = {}
+        for name, served in self.models.items():
+            tool_format, why = choose_tool_format(config.tool_format, served.backend.tokenizer)
+            self.tool_formats[name] = tool_format
+            logger.info("model %r: tools in the %s format (%s)", name, tool_format, why)
         self.store = store
         self.recorder = SpanRecorder(store, interval_s=config.span_flush_interval_s)
         self.gate = AttemptGate(store)
@@ -221,6 +231,10 @@ class Gateway:
             )
         return keys, mismatch
 
+    def tool_format(self, served: Served) -> ToolFormat:
+        """The format tools are written in for ``served``'s prompts and its replies' calls are read in."""
+        return self.tool_formats[served.backend.model_name]
+
     # --- generating and recording -------------------------------------------------------------------
 
     async def generate(self, call: Prepared) -> list[Choice]:
@@ -252,7 +266,7 @@ class Gateway:
         tool_calls: list[dict[str, Any]] = []
         malformed = None
         if call.tools:
-            parsed = parse_tool_calls(response.text, call.tools)
+            parsed = parse_tool_calls(response.text, call.tools, self.tool_format(served))
             content, tool_calls, malformed = parsed.content, parsed.tool_calls, parsed.malformed
             if tool_calls:
                 finish = "tool_calls"

@@ -2,8 +2,8 @@
 
 :func:`prepare_chat` refuses a call before anything is generated (nothing is stored for a refused call):
 the body is validated, messages with tools are rendered by ``tools.py`` for templates without tool
-support, the tokenizer's chat template renders the prompt ids, and the call is checked against the
-model's context and the attempt's token fidelity.
+support (in the served model's tool format, ``Gateway.tool_format``), the tokenizer's chat template renders
+the prompt ids, and the call is checked against the model's context and the attempt's token fidelity.
 
 A stream carries exactly the content of the non-streamed response: the engine returns whole choices,
 so the chunks follow once generation is done (the first chunk, with the role, goes out at once).
@@ -60,7 +60,9 @@ async def prepare_chat(gateway: Gateway, body: Any, context: CallContext) -> Pre
     try:
         parse_for = active_tools(tools, tool_choice)
         if tools or any(m["role"] == "tool" or "tool_calls" in m for m in messages):
-            rendered = render_tool_messages(messages, tools, tool_choice, recall=gateway.recall)
+            rendered = render_tool_messages(
+                messages, tools, tool_choice, recall=gateway.recall, tool_format=gateway.tool_format(served)
+            )
         else:
             rendered = [
                 {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages

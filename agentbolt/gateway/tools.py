@@ -2,67 +2,99 @@
 
 The gateway renders an OpenAI chat request into plain system/user/assistant messages with
 :func:`render_tool_messages`, and turns the model's reply back into OpenAI ``tool_calls`` with
-:func:`parse_tool_calls`.
+:func:`parse_tool_calls`, both in one of two text formats (``tool_formats.py`` has each format's details):
 
-The text format
----------------
-The system message lists each tool as one line of compact JSON (``{"name":..,"description":..,"parameters":..}``)
-and tells the model to call a tool by writing, one per call::
+- ``hermes``: ``<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>``, results in
+  ``<tool_response>`` blocks (the format of Hermes and Qwen templates);
+- ``pythonic``: ``[add(a=2, b=3)]``, results as ``add result: 5`` (what Llama 3.2/4 emit).
 
-    <tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>
-
-Assistant turns that made tool calls are rendered back in exactly that format (content first, then one
-``<tool_call>`` line per call), so a model that imitates earlier turns emits calls that parse. Tool results
-come back as a user message, one block per result (consecutive results share one message)::
-
-    <tool_response name="add" id="call_1f2e...">
-    5
-    </tool_response>
+The system message keeps the caller's system prompts (all system and developer messages, merged in order)
+and adds the tool instructions; assistant turns with tool calls are rendered in the same format the model is
+asked to write (or, when the gateway remembers it, as the model's own raw text: ``recall``), so a model that
+imitates earlier turns emits calls that parse.
 
 ``tool_choice``: ``"none"`` renders no tools and turns parsing off (pass ``tools=None`` to the parser);
 ``"auto"`` (the default) lets the model choose; ``"required"`` and ``{"type": "function", "function":
 {"name": ...}}`` add a line saying it must call a tool (that one). The model is only told: nothing forces it.
 
-What the parser accepts (small models are sloppy)
--------------------------------------------------
-- Any text around the calls (returned as ``content``), several calls, whitespace anywhere.
-- A missing ``</tool_call>`` before the next ``<tool_call>`` or at the end of the output.
-- A JSON list of calls inside one tag (SmolLM2's own function-calling format), a ``` fence inside the tag.
-- ``arguments`` given as a JSON string holding an object, ``"parameters"`` instead of ``"arguments"``,
-  and no arguments at all (taken as ``{}``).
-- Single-quoted Python literals (``{'name': 'add', 'arguments': {'a': 2}}``): read with
-  :func:`ast.literal_eval`, which evaluates literals only, never code.
-- A reply that is nothing but a call object (or a list of them, optionally in a ``` fence) without the tags:
-  ``{"name": "add", "arguments": {...}}``. Only a whole reply counts; JSON inside prose is left as text.
+An attempted call that does not parse, names an unknown tool, or has arguments that are not an object makes
+the whole reply malformed: ``ParsedReply.malformed`` says why, no tool calls are returned, and the raw text is
+the content (the gateway flags it on the span: an AIR signal). Arguments are not checked against the tool's
+schema: the tool reports bad arguments itself, which is the signal the agent and the trainer should see.
 
-An *attempted* call is a ``<tool_call>`` or ``</tool_call>`` tag, or such a bare call object. An attempt that
-does not parse, names an unknown tool, or has arguments that are not an object makes the whole reply
-malformed: ``ParsedReply.malformed`` says why, no tool calls are returned, and the raw text is the content
-(the gateway flags it on the span: an AIR signal). Arguments are not checked against the tool's schema: the
-tool reports bad arguments itself, which is the signal the agent and the trainer should see.
+Choosing the format
+-------------------
+``ServerConfig.tool_format`` (``agentbolt serve --tool-format``, ``tool_format:`` in a train config) is
+``hermes`` or ``pythonic`` for every served model, or ``auto`` (the default): each served model, the policy and
+each fixed model, gets its family's format from :data:`FAMILY_TOOL_FORMATS`, and hermes when it is in no family::
+
+    family      recognised by its tokenizer                           format    why
+    SmolLM2     "SmolLM2" in its name or path, or SmolLM2's chat      pythonic  the calls it makes, below
+                template (default system prompt "You are a helpful
+                AI assistant named SmolLM, trained by Hugging Face")
+    any other                                                         hermes    the format before there
+                                                                                were two
+
+SmolLM2-135M-Instruct (the demo model) at T=1, 64 prompts "What is A * B?" (two 2-digit numbers); replies with
+a parseable calculator call:
+
+- hermes, the tools in the system prompt: 0/64; plus one worked example in earlier turns: 0/64 (the model
+  imitates the ``<tool_response>`` block instead);
+- pythonic, each tool's own call in the instruction (``[calculator(expression="...")]``) and one worked
+  example in earlier turns (question, call, ``calculator result: 408``, ``Answer: 408``): 43/64 (41 with the
+  right expression); with a generic instruction (``[tool_name(argument="value")]``) instead: 18/64 (it
+  invents tool names); without the worked example: 0/64.
+
+So an agent for a model this small should put one worked example in its conversation
+(``examples/calculator/agent.py`` does). The family is read from the tokenizer because every backend has one
+(the embedded engine, and upstream engines through ``--tokenizer``), and its chat template survives what
+names do not: a GGUF file (its file name is not kept), a saved checkpoint, a fine-tune. A model whose chat
+template renders tools itself (it mentions ``tools``) is in no family: it stays on hermes. Only the 135M model
+was measured; SmolLM2-1.7B was trained on calls in ``<tool_call>`` tags, so ``tool_format: hermes`` may suit it.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agentbolt.errors import BadInput
+from agentbolt.gateway.tool_formats import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    HERMES,
+    PYTHONIC,
+    RESPONSE_CLOSE,
+    RESPONSE_OPEN,
+    Malformed,
+    ToolTextFormat,
+    format_tool_call,
+)
+from agentbolt.types.config import ToolFormatSetting
 
-__all__ = ["ParsedReply", "active_tools", "parse_tool_calls", "render_tool_messages"]
+__all__ = [
+    "CALL_CLOSE",
+    "CALL_OPEN",
+    "FAMILY_TOOL_FORMATS",
+    "RESPONSE_CLOSE",
+    "RESPONSE_OPEN",
+    "FamilyFormat",
+    "ParsedReply",
+    "ToolFormat",
+    "active_tools",
+    "choose_tool_format",
+    "format_tool_call",
+    "parse_tool_calls",
+    "render_tool_messages",
+]
 
-CALL_OPEN = "<tool_call>"
-CALL_CLOSE = "</tool_call>"
-RESPONSE_OPEN = "<tool_response"
-RESPONSE_CLOSE = "</tool_response>"
+ToolFormat = Literal["hermes", "pythonic"]
 
+_FORMATS: dict[str, ToolTextFormat] = {"hermes": HERMES, "pythonic": PYTHONIC}
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
-_FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -79,6 +111,60 @@ class ParsedReply:
     content: str | None
     tool_calls: list[dict[str, Any]]
     malformed: str | None = None
+
+
+# --- choosing the format -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FamilyFormat:
+    """A model family and the tool format ``auto`` gives it.
+
+    Attributes:
+        family: the family's name (for the log).
+        clue: found in the tokenizer's ``name_or_path`` or its chat template when the model is of the family.
+        tool_format: the format its models are served with.
+    """
+
+    family: str
+    clue: re.Pattern[str]
+    tool_format: ToolFormat
+
+
+FAMILY_TOOL_FORMATS: tuple[FamilyFormat, ...] = (
+    FamilyFormat(
+        "SmolLM2",
+        re.compile(r"smollm2|You are a helpful AI assistant named SmolLM, trained by Hugging Face", re.IGNORECASE),
+        "pythonic",
+    ),
+)
+
+
+def choose_tool_format(setting: ToolFormatSetting, tokenizer: Any) -> tuple[ToolFormat, str]:
+    """The tool format a model is served with, and why (a few words for the log).
+
+    Args:
+        setting: ``ServerConfig.tool_format``: ``"hermes"``, ``"pythonic"``, or ``"auto"`` (by model family,
+            see the module docstring).
+        tokenizer: the model's tokenizer (its ``name_or_path`` and ``chat_template`` are read).
+
+    Raises:
+        ValueError: ``setting`` is none of those.
+    """
+    if setting != "auto":
+        if setting not in ("hermes", "pythonic"):
+            raise ValueError(f"tool_format {setting!r} must be 'auto', 'hermes' or 'pythonic'")
+        return setting, "set by tool_format"
+    template = getattr(tokenizer, "chat_template", None)
+    templates = [t for t in (template.values() if isinstance(template, dict) else [template]) if isinstance(t, str)]
+    if any("tools" in t for t in templates):
+        return "hermes", "its chat template knows tools"
+    name = getattr(tokenizer, "name_or_path", None)
+    clues = [name, *templates] if isinstance(name, str) else templates
+    for entry in FAMILY_TOOL_FORMATS:
+        if any(entry.clue.search(clue) for clue in clues):
+            return entry.tool_format, f"{entry.family} family"
+    return "hermes", "no family with a format of its own"
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -158,13 +244,14 @@ def render_tool_messages(
     tools: list[dict[str, Any]] | None,
     tool_choice: str | dict[str, Any] | None,
     recall: Callable[[dict[str, Any]], str | None] | None = None,
+    tool_format: ToolFormat = "hermes",
 ) -> list[dict[str, Any]]:
     """OpenAI chat ``messages`` as plain ``{"role", "content": str}`` messages for a template without tools.
 
     All system (and developer) messages are merged, in order, into one system message at the front, followed
     by the tool instructions when tools are offered (the system message is created if absent). Content given
     as a list of ``{"type": "text"}`` parts is joined into one string. Assistant tool calls and tool results
-    are written in the format of the module docstring; consecutive tool results share one user message.
+    are written in ``tool_format``; consecutive tool results share one user message.
 
     Args:
         messages: the request's messages (roles system, developer, user, assistant, tool).
@@ -173,6 +260,7 @@ def render_tool_messages(
             or None (same as ``"auto"``).
         recall: given an assistant message with ``tool_calls``, the text the model really produced for it
             (used verbatim, so the prompt repeats the model's own tokens), or None to render it.
+        tool_format: ``"hermes"`` or ``"pythonic"`` (module docstring).
 
     Raises:
         BadInput: a message, tool or ``tool_choice`` is invalid (the message names the field).
@@ -181,6 +269,7 @@ def render_tool_messages(
     forced = _check_tool_choice(tool_choice, names)
     if not isinstance(messages, list):
         raise BadInput("messages must be a list of message objects")
+    text_format = _FORMATS[tool_format]
 
     system: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -197,42 +286,29 @@ def render_tool_messages(
         elif role == "user":
             turns.append({"role": "user", "content": _text_of(message, where)})
         elif role == "assistant":
-            turns.append({"role": "assistant", "content": _render_assistant(message, where, recall, call_names)})
+            content = _render_assistant(message, where, recall, call_names, text_format)
+            turns.append({"role": "assistant", "content": content})
         else:
-            block = _render_tool_result(message, where, call_names)
+            block = _render_tool_result(message, where, call_names, text_format)
             if turns and turns[-1].get("_tool_results"):
                 turns[-1]["content"] += "\n" + block
             else:
                 turns.append({"role": "user", "content": block, "_tool_results": True})
 
     if names and tool_choice != "none":
-        system.append(_instructions(tools or [], tool_choice, forced))
+        system.append(text_format.instructions(tools or [], _choice_line(tool_choice, forced)))
     rendered = [{"role": "system", "content": "\n\n".join(system)}] if system else []
     rendered += [{"role": turn["role"], "content": turn["content"]} for turn in turns]
     return rendered
 
 
-def _instructions(tools: list[dict[str, Any]], tool_choice: Any, forced: str | None) -> str:
-    """The system-prompt block that lists the tools and says how to call them (short: small models read it)."""
-    lines = ["You can call these tools:"]
-    for tool in tools:
-        function = tool["function"]
-        entry: dict[str, Any] = {"name": function["name"]}
-        if function.get("description"):
-            entry["description"] = function["description"]
-        entry["parameters"] = function.get("parameters") or {"type": "object", "properties": {}}
-        lines.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
-    lines.append(
-        f"To call a tool, write {CALL_OPEN}" + '{"name": "TOOL", "arguments": {...}}' + f"{CALL_CLOSE}, one per call. "
-        f"Results come back in {RESPONSE_OPEN}> tags."
-    )
+def _choice_line(tool_choice: Any, forced: str | None) -> str:
+    """The last line of the tool instructions: what ``tool_choice`` asks of the model."""
     if forced is not None:
-        lines.append(f'You must call the tool "{forced}".')
-    elif tool_choice == "required":
-        lines.append("You must call a tool.")
-    else:
-        lines.append("If no tool is needed, answer directly.")
-    return "\n".join(lines)
+        return f'You must call the tool "{forced}".'
+    if tool_choice == "required":
+        return "You must call a tool."
+    return "If no tool is needed, answer directly."
 
 
 def _render_assistant(
@@ -240,27 +316,23 @@ def _render_assistant(
     where: str,
     recall: Callable[[dict[str, Any]], str | None] | None,
     call_names: dict[str, str],
+    text_format: ToolTextFormat,
 ) -> str:
     content = _text_of(message, where, optional=True)
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise BadInput(f"{where}.tool_calls must be a list")
-    lines = [content] if content else []
+    checked = []
     for j, call in enumerate(calls):
         name, arguments, call_id = _check_call(call, f"{where}.tool_calls[{j}]")
         if call_id:
             call_names[call_id] = name
-        lines.append(format_tool_call(name, arguments))
+        checked.append((name, arguments))
     if calls and recall is not None:
         recalled = recall(dict(message))
         if recalled is not None:
             return recalled
-    return "\n".join(lines)
-
-
-def format_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
-    """One call in the format the model is asked to emit: ``<tool_call>{"name": .., "arguments": ..}</tool_call>``."""
-    return CALL_OPEN + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + CALL_CLOSE
+    return text_format.assistant_turn(content, checked)
 
 
 def _check_call(call: Any, where: str) -> tuple[str, dict[str, Any], str | None]:
@@ -281,13 +353,14 @@ def _check_call(call: Any, where: str) -> tuple[str, dict[str, Any], str | None]
     return function["name"], arguments, call_id if isinstance(call_id, str) else None
 
 
-def _render_tool_result(message: Mapping[str, Any], where: str, call_names: dict[str, str]) -> str:
+def _render_tool_result(
+    message: Mapping[str, Any], where: str, call_names: dict[str, str], text_format: ToolTextFormat
+) -> str:
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise BadInput(f"{where}.tool_call_id is missing: a tool message answers one tool call")
     name = message.get("name") if isinstance(message.get("name"), str) else call_names.get(call_id)
-    attributes = (f" name={json.dumps(name)}" if name else "") + f" id={json.dumps(call_id)}"
-    return f"{RESPONSE_OPEN}{attributes}>\n{_text_of(message, where)}\n{RESPONSE_CLOSE}"
+    return text_format.result(name or None, call_id, _text_of(message, where))
 
 
 def _text_of(message: Mapping[str, Any], where: str, *, optional: bool = False) -> str:
@@ -313,17 +386,14 @@ def _text_of(message: Mapping[str, Any], where: str, *, optional: bool = False) 
 # --- parsing -----------------------------------------------------------------------------------
 
 
-class _Malformed(Exception):
-    """An attempted tool call that cannot be used; the message is the short reason."""
-
-
-def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None) -> ParsedReply:
-    """Split a model reply into content and OpenAI ``tool_calls`` (format and leniency: module docstring).
+def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None, tool_format: ToolFormat = "hermes") -> ParsedReply:
+    """Split a model reply into content and OpenAI ``tool_calls`` (format and leniency: ``tool_formats.py``).
 
     Args:
         text: the model's reply, decoded without special tokens.
         tools: the tools the model was offered (:func:`active_tools`); None or empty turns parsing off
             (``tool_choice="none"``), so the whole text is content.
+        tool_format: the format the prompt asked for, ``"hermes"`` or ``"pythonic"``.
 
     Raises:
         BadInput: ``tools`` is invalid.
@@ -332,124 +402,10 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None) -> ParsedRep
     if not names:
         return ParsedReply(content=text or None, tool_calls=[])
     try:
-        found = _find_calls(text, names)
-    except _Malformed as exc:
+        found = _FORMATS[tool_format].find_calls(text, names)
+    except Malformed as exc:
         return ParsedReply(content=text or None, tool_calls=[], malformed=str(exc))
     if found is None:
         return ParsedReply(content=text or None, tool_calls=[])
     content, calls = found
     return ParsedReply(content=content or None, tool_calls=calls)
-
-
-def _find_calls(text: str, names: list[str]) -> tuple[str, list[dict[str, Any]]] | None:
-    """(content, tool calls) when ``text`` attempts calls, None when it does not; raises _Malformed."""
-    if CALL_OPEN not in text:
-        if CALL_CLOSE in text:
-            raise _Malformed(f"{CALL_CLOSE} without {CALL_OPEN}")
-        value = _bare_call(text)
-        if value is None:
-            return None
-        return "", _calls_of(value, names)
-
-    outside: list[str] = []
-    calls: list[dict[str, Any]] = []
-    pos = 0
-    while (start := text.find(CALL_OPEN, pos)) != -1:
-        outside.append(text[pos:start])
-        body_start = start + len(CALL_OPEN)
-        close = text.find(CALL_CLOSE, body_start)
-        reopen = text.find(CALL_OPEN, body_start)
-        if close == -1 or (reopen != -1 and reopen < close):
-            # no closing tag before the next call or the end: the body runs up to there
-            end = len(text) if reopen == -1 else reopen
-            pos = end
-        else:
-            end = close
-            pos = close + len(CALL_CLOSE)
-        try:
-            value = _load(text[body_start:end])
-        except ValueError:
-            raise _Malformed(f"tool call {len(calls) + 1} is not valid JSON") from None
-        calls += _calls_of(value, names)
-    tail = text[pos:]
-    if CALL_CLOSE in tail:
-        raise _Malformed(f"{CALL_CLOSE} without {CALL_OPEN}")
-    outside.append(tail)
-    return "\n".join(part.strip() for part in outside if part.strip()), calls
-
-
-def _bare_call(text: str) -> Any:
-    """The call(s) when the whole reply is a call object or a list of them, without tags; else None."""
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1)
-    if not body.startswith(("{", "[")):
-        return None
-    try:
-        value = _load(body)
-    except ValueError:
-        return None
-    items = value if isinstance(value, list) else [value]
-    looks_like_calls = items and all(
-        isinstance(item, dict) and "name" in item and ("arguments" in item or "parameters" in item) for item in items
-    )
-    return value if looks_like_calls else None
-
-
-def _load(body: str) -> Any:
-    """JSON (or, failing that, a Python literal) from the text between the tags; raises ValueError."""
-    body = body.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1)
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except ValueError:
-        pass
-    try:
-        return ast.literal_eval(body)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise ValueError("neither JSON nor a Python literal") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _calls_of(value: Any, names: list[str]) -> list[dict[str, Any]]:
-    """OpenAI tool calls from one parsed tag body (a call object or a list of them); raises _Malformed."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise _Malformed("empty list of tool calls")
-    calls = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise _Malformed("a tool call must be an object with a name and arguments")
-        name = item.get("name")
-        if not isinstance(name, str) or not name:
-            raise _Malformed("a tool call has no tool name")
-        if name not in names:
-            raise _Malformed(f"unknown tool {name[:64]!r}")
-        arguments = item["arguments"] if "arguments" in item else item.get("parameters")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments, parse_constant=_reject_constant) if arguments.strip() else None
-            except ValueError:
-                raise _Malformed(f"arguments of {name!r} are not valid JSON") from None
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            raise _Malformed(f"arguments of {name!r} are not a JSON object")
-        try:
-            encoded = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError):
-            raise _Malformed(f"arguments of {name!r} are not JSON values") from None
-        calls.append(
-            {
-                "id": "call_" + secrets.token_hex(12),
-                "type": "function",
-                "function": {"name": name, "arguments": encoded},
-            }
-        )
-    return calls

@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentbolt.adapter import build_episode
 from agentbolt.client.http import ServerClient
 from agentbolt.client.rollout import load_function
 from agentbolt.train.tasks import load_tasks
 from agentbolt.train.workers import WorkerProcesses
+from agentbolt.trainer.batch import prepare_batch, tool_use_rates
 from agentbolt.types import (
     ModelVersionCreate,
     Rollout,
@@ -122,6 +124,7 @@ class TrainingRun:
             store_url=f"sqlite:///{self.run_dir / 'agentbolt.db'}",
             served_model=cfg.served_model,
             fixed_models=cfg.fixed_models,
+            tool_format=cfg.tool_format,
         )
         fixed = fixed_backends_from_config(server_config, **engine_kwargs)  # served as they are, never updated
         with BackgroundServer(server_config, backend=backend, fixed=fixed) as server, self._start_workers(server.url):
@@ -153,8 +156,6 @@ class TrainingRun:
     # --- the loop ---------------------------------------------------------------------------
 
     async def _loop(self, server_url: str, trainer: Trainer, engine: Engine, metrics: MetricsLog) -> dict[str, Any]:
-        from agentbolt.trainer.batch import prepare_batch
-
         cfg = self.config
         summary: dict[str, Any] = {"steps": 0}
         async with ServerClient(server_url) as client:
@@ -264,13 +265,15 @@ class TrainingRun:
         ]
         ids = [r.rollout_id for r in await client.enqueue(creates)]
         self._say(f"validating on {len(ids)} held-out tasks ...")
-        rollouts, _ = await self._collect(client, ids)
+        rollouts, spans = await self._collect(client, ids)
         rewards = [r.reward if r.reward is not None else 0.0 for r in rollouts]
+        built = [build_episode(r, spans.get(r.rollout_id, ()), self.config.rl.adapter).episode for r in rollouts]
         return {
             "reward_mean": sum(rewards) / len(rewards),
             "accuracy": sum(r >= self.config.val_success_threshold for r in rewards) / len(rewards),
             "n": float(len(rewards)),
             "no_reward": float(sum(r.reward is None for r in rollouts)),
+            **tool_use_rates([e for e in built if e is not None]),
         }
 
     # --- workers and display ----------------------------------------------------------------

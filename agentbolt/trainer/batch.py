@@ -47,6 +47,7 @@ def prepare_batch(
     rollouts_dropped: Counter[str] = Counter()
     transitions_dropped: Counter[str] = Counter()
     credited: list[tuple[Episode, EpisodeCredit]] = []
+    episodes: list[Episode] = []
     for rollout in rollouts:
         built = build_episode(rollout, spans.get(rollout.rollout_id, ()), config.adapter)
         report.earlier_attempts_dropped += built.earlier_attempts
@@ -58,6 +59,7 @@ def prepare_batch(
         if episode is None:
             rollouts_dropped[built.dropped or "unknown"] += 1
             continue
+        episodes.append(episode)
         air = air_rewards(episode, config.air, air_rules)
         credit = assign_credit(episode, config.credit, [sum(a.values()) for a in air])
         if credit is None:
@@ -110,6 +112,7 @@ def prepare_batch(
             report.agent_sources[source] = report.agent_sources.get(source, 0) + 1
             report.transitions_retokenized += transition.token_source != "engine"
 
+    report.tool_use = tool_use_rates(episodes)
     report.rollouts_dropped = dict(rollouts_dropped)
     report.transitions_dropped = dict(transitions_dropped)
     report.samples = len(samples)
@@ -124,3 +127,19 @@ def prepare_batch(
         report.advantage_mean = statistics.fmean(s.advantage for s in samples)
         report.advantage_abs_mean = statistics.fmean(abs(s.advantage) for s in samples)
     return samples, report
+
+
+def tool_use_rates(episodes: Sequence[Episode]) -> dict[str, float]:
+    """How the episodes' policy calls used tools: what an agent that learns to act changes.
+
+    ``tools/use_rate``: share of episodes with at least one well-formed tool call (parsed by the gateway);
+    ``tools/malformed_rate``: share with at least one malformed call; ``calls/per_rollout``: mean policy calls
+    per episode. Empty when there are no episodes.
+    """
+    if not episodes:
+        return {}
+    used = sum(any(t.tool_calls_requested and not t.tool_call_malformed for t in e.transitions) for e in episodes)
+    malformed = sum(any(t.tool_call_malformed for t in e.transitions) for e in episodes)
+    calls = sum(len(e.transitions) for e in episodes)
+    n = len(episodes)
+    return {"tools/use_rate": used / n, "tools/malformed_rate": malformed / n, "calls/per_rollout": calls / n}

@@ -30,6 +30,9 @@ TENSORBOARD_DIR = "tensorboard"
 _CONSOLE_FIRST = (
     (TRAIN_REWARD_MEAN, "reward"),
     (VAL_SCORE, "val"),
+    ("tools/use_rate", "tool use"),  # an agent that learns to act: calls its tools, well-formed
+    ("tools/malformed_rate", "malformed"),
+    ("val/tools/use_rate", "val tool use"),
     ("loss", "loss"),
     ("kl_ref", "kl"),
     ("clip_fraction", "clip"),

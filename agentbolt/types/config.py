@@ -9,6 +9,9 @@ from pydantic import AliasChoices, Field, model_validator
 from agentbolt.types.base import POLICY_MODEL, JSONValue, _Model
 from agentbolt.types.rl import RLConfig
 
+# How the gateway writes tools into prompts (agentbolt/gateway/tools.py): auto picks by model family.
+ToolFormatSetting = Literal["auto", "hermes", "pythonic"]
+
 
 class ServerConfig(_Model):
     """Settings of the Lightning Server (``agentbolt serve``)."""
@@ -49,6 +52,12 @@ class ServerConfig(_Model):
         default=False,
         description="Answer 409 when a call extends its attempt's previous conversation but its prompt token ids "
         "do not start with the previous prompt and response ids (else the span is flagged and counted).",
+    )
+    tool_format: ToolFormatSetting = Field(
+        default="auto",
+        description="How tools are written into the prompt of a model whose chat template has none, and how its "
+        "calls are read back: hermes (<tool_call>{json}</tool_call>), pythonic ([name(arg=value)]), or auto: each "
+        "served model by its family (SmolLM2: pythonic; any other: hermes; table in agentbolt/gateway/tools.py).",
     )
     max_n: int = Field(default=16, ge=1, le=128, description="Largest `n` (choices per call) the gateway accepts.")
     default_max_tokens: int = Field(
@@ -190,6 +199,11 @@ class TrainConfig(_Model):
         min_length=1,
         validation_alias=AliasChoices("served_model", "served_model_name"),  # the field's name before 0.2
         description="Model name the gateway serves the policy as.",
+    )
+    tool_format: ToolFormatSetting = Field(
+        default="auto",
+        description="How the gateway writes tools into the prompt of a model without a tool chat template: "
+        "hermes, pythonic, or auto (by model family: SmolLM2 pythonic, others hermes); see ServerConfig.",
     )
     fixed_models: dict[str, str] = Field(
         default_factory=dict,

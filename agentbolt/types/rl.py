@@ -151,6 +151,11 @@ class BatchReport(_Model):
     agent_sources: dict[str, int] = Field(default_factory=dict, description="How agent names were found.")
     air: dict[str, float] = Field(default_factory=dict, description="Sum of AIR rewards, per signal.")
     air_counts: dict[str, int] = Field(default_factory=dict, description="Transitions that got each AIR signal.")
+    tool_use: dict[str, float] = Field(
+        default_factory=dict,
+        description="Over the episodes built: tools/use_rate (share with a well-formed tool call), "
+        "tools/malformed_rate (share with a malformed one), calls/per_rollout (policy calls per episode).",
+    )
     samples: int = Field(default=0, description="Kept transitions: one sample each.")
     prompt_tokens: int = 0
     response_tokens: int = 0
@@ -178,6 +183,7 @@ class BatchReport(_Model):
         out.update({f"agents/{k or 'unknown'}": v for k, v in self.agents.items()})
         out.update({f"air/{k}": v for k, v in self.air.items()})
         out.update({f"air_count/{k}": v for k, v in self.air_counts.items()})
+        out.update(self.tool_use)
         stats = {
             "reward/mean": self.reward_mean,
             "reward/std": self.reward_std,
@@ -224,9 +230,11 @@ class AdapterConfig(_Model):
 class CreditConfig(_Model):
     """How an episode's rewards become one return per transition (LightningRL, agentbolt.credit)."""
 
-    strategy: Literal["broadcast", "discounted", "final_only"] = Field(
+    strategy: Literal["broadcast", "broadcast_own", "discounted", "final_only"] = Field(
         default="broadcast",
         description="broadcast: every transition gets the episode return (final + all intermediate rewards); "
+        "broadcast_own: every transition gets the final reward plus its own intermediate rewards (a failed tool "
+        "call gets less than the calls around it); "
         "discounted: R_t = sum_{k>=t} gamma^(k-t) r_k + gamma^(T-1-t) final; final_only: each transition its own "
         "intermediate rewards, the last one also the final reward.",
     )
@@ -258,6 +266,9 @@ class AIRConfig(_Model):
     enabled: bool = Field(default=True, description="False: no AIR rewards at all (user rules included).")
     tool_failure: float = Field(
         default=-0.1, description="Per failed or raising tool call, to the LLM call that requested it."
+    )
+    tool_success: float = Field(
+        default=0.0, description="Per successful tool call, to the LLM call that requested it (0: off)."
     )
     malformed_tool_call: float = Field(
         default=-0.1, description="To a call whose tool call the gateway could not parse."

@@ -1,8 +1,9 @@
-"""The demo agent: a plain ``openai`` client with a calculator tool, solving arithmetic word problems.
+"""The demo agent: a plain ``openai`` client with a calculator tool, solving arithmetic problems.
 
 The loop is what any tool-using agent does: ask the model; when it calls the calculator, run the tool
 (traced with :func:`agentbolt.tool_call`, so a failing call is an AIR signal) and send the result back;
-when it answers in text, score that answer. At most ``MAX_TURNS`` model calls per task.
+when it answers in text, score that answer. At most ``MAX_TURNS`` model calls per task. The conversation
+starts with one worked example (``WORKED_EXAMPLE``): the agent's own prompt, as its system message is.
 
 Reward: 1.0 when the final answer equals the task's answer, else 0.0. The final answer is the number after
 ``Answer:`` if the reply has one, else the last integer in the reply (small models often forget the
@@ -23,6 +24,26 @@ from examples.calculator.calculator import CalculatorError, evaluate
 MAX_TURNS = 3
 MAX_TOKENS = 64  # answers are a sentence; a longer reply is a ramble worth cutting short
 SYSTEM_PROMPT = "Solve the math problem. End your final reply with: Answer: <number>"
+
+# One worked example, as earlier turns of the conversation: the agent's own prompt, like its system message.
+# A 135M model does not call a tool from instructions alone (0 of 64 replies at T=1, any format measured);
+# after one example it does (43 of 64 in the pythonic format the gateway uses for SmolLM2).
+WORKED_EXAMPLE: list[dict[str, Any]] = [
+    {"role": "user", "content": "What is 12 * 34?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_example",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": json.dumps({"expression": "12 * 34"})},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_example", "content": "408"},
+    {"role": "assistant", "content": "Answer: 408"},
+]
 
 CALCULATOR_TOOL: dict[str, Any] = {
     "type": "function",
@@ -86,6 +107,7 @@ def solve(task: dict[str, Any], llm: agentbolt.LLM) -> float:
     client = openai.OpenAI(base_url=llm.base_url, api_key=llm.api_key, max_retries=1)
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM_PROMPT},
+        *WORKED_EXAMPLE,
         {"role": "user", "content": str(task["question"])},
     ]
     with agentbolt.agent("calculator-agent"):

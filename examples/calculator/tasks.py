@@ -134,3 +134,63 @@ def _split_of(question: str) -> Split:
     """The split a problem belongs to: a stable hash, independent of seeds and of Python's hash salt."""
     bucket = int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") / 2**64
     return "val" if bucket < VAL_SHARE else "train"
+
+
+ToolKind = Literal["product", "long_product", "sum3"]
+TOOL_KINDS: tuple[ToolKind, ...] = ("product", "long_product", "sum3")
+
+
+def make_tool_tasks(
+    split: Split,
+    n: int,
+    seed: int = 0,
+    *,
+    kinds: tuple[ToolKind, ...] | list[ToolKind] = TOOL_KINDS,
+    temperature: float | None = None,
+) -> list[dict[str, Any]]:
+    """``n`` distinct arithmetic problems a 135M model cannot do in its head, the same for the same arguments.
+
+    Kinds: ``product`` (two 2-digit numbers, ``What is 51 * 29?``), ``long_product`` (a 3-digit by a 2-digit
+    number) and ``sum3`` (three 3-digit numbers). Without the calculator SmolLM2-135M gets almost none right,
+    so a reward has to come through a tool call, its result and a final answer. Splits are disjoint as in
+    :func:`make_tasks` (a stable hash of the question).
+
+    Returns:
+        dicts with ``question``, ``answer`` (int), ``kind``, ``split`` and ``id``; ``temperature`` when given.
+
+    Raises:
+        ValueError: an unknown split or kind, or ``n`` < 0.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not kinds or set(kinds) - set(TOOL_KINDS):
+        raise ValueError(f"kinds must be a non-empty list of {TOOL_KINDS}, got {kinds!r}")
+    rng = random.Random(f"calculator-tool/{split}/{seed}")
+    tasks: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while len(tasks) < n:  # the problem space (millions) is far larger than any n asked of it
+        kind = rng.choice(list(kinds))
+        if kind == "product":
+            terms, op = [rng.randint(11, 99), rng.randint(11, 99)], "*"
+        elif kind == "long_product":
+            terms, op = [rng.randint(101, 999), rng.randint(11, 99)], "*"
+        else:
+            terms, op = [rng.randint(101, 999) for _ in range(3)], "+"
+        question = f"What is {f' {op} '.join(map(str, terms))}?"
+        if question in seen or _split_of(question) != split:
+            continue
+        seen.add(question)
+        answer = terms[0] * terms[1] if op == "*" else sum(terms)
+        task: dict[str, Any] = {
+            "id": hashlib.sha256(question.encode()).hexdigest()[:12],
+            "question": question,
+            "answer": answer,
+            "kind": kind,
+            "split": split,
+        }
+        if temperature is not None:
+            task["temperature"] = temperature
+        tasks.append(task)
+    return tasks

@@ -86,3 +86,11 @@ def test_air_moves_credit_away_from_the_call_whose_tool_call_failed() -> None:
         [sum(r.values()) for r in air_rewards(ep, AIRConfig(tool_failure=-0.3))],
     )
     assert only is not None and only.returns == pytest.approx([0.0, -0.3, 1.0])
+
+
+def test_tool_success_rewards_each_successful_call_when_switched_on() -> None:
+    ep = episode([transition(0, tool_successes=2, tool_failures=1), transition(1)])
+    assert air_rewards(ep, AIRConfig())[0] == {"tool_failure": -0.1}  # off by default
+    rewards = air_rewards(ep, AIRConfig(tool_success=0.05))
+    assert rewards[0] == pytest.approx({"tool_failure": -0.1, "tool_success": 0.1})
+    assert rewards[1] == {}

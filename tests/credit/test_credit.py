@@ -78,3 +78,37 @@ def test_assign_credit_uses_reward_weights_for_the_final_reward() -> None:
     ep.final_reward = RewardRecord(value=1.0, dimensions={"correct": 1.0, "format": 0.0}, primary="correct")
     credit = assign_credit(ep, CreditConfig(reward_weights={"correct": 0.5, "format": 0.5}))
     assert credit is not None and credit.final == 0.5
+
+
+def test_broadcast_own_gives_every_call_the_outcome_and_its_own_signals() -> None:
+    assert transition_returns(1.0, [0.0, -0.1, 0.05], "broadcast_own") == [1.0, 0.9, 1.05]
+
+
+def test_in_a_multi_turn_episode_a_failed_tool_call_gets_less_advantage_than_the_calls_that_worked() -> None:
+    """The multi-turn calculator episode: call the tool (fails), call it again (works), answer. Under
+    broadcast_own + AIR the failed call gets the least credit of the three; under plain broadcast all three
+    calls share one return, so the failure is not singled out."""
+    from agentbolt.credit import air_rewards
+    from agentbolt.trainer.advantages import RolloutReturns, compute_advantages
+    from agentbolt.types import AdvantageConfig, AIRConfig
+
+    air_config = AIRConfig(tool_failure=-0.1, tool_success=0.05)
+    solved = episode(
+        [transition(0, tool_failures=1), transition(1, tool_successes=1), transition(2)], final=1.0, rollout_id="r1"
+    )
+    unsolved = episode([transition(0), transition(1)], final=0.0, rollout_id="r2")  # answered without the tool
+    for strategy, failed_singled_out in (("broadcast_own", True), ("broadcast", False)):
+        config = CreditConfig(strategy=strategy)
+        credits = {}
+        for ep in (solved, unsolved):
+            air = [sum(a.values()) for a in air_rewards(ep, air_config)]
+            credits[ep.rollout_id] = assign_credit(ep, config, air)
+        advantages = compute_advantages(
+            [RolloutReturns(rid, "g", c.episode_return, c.returns) for rid, c in credits.items() if c],
+            AdvantageConfig(estimator="grpo"),
+        ).by_rollout["r1"]
+        failed, worked, answer = advantages
+        if failed_singled_out:
+            assert failed < answer < worked
+        else:
+            assert failed == worked == answer

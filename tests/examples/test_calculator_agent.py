@@ -40,7 +40,7 @@ def test_the_calculator_result_goes_back_to_the_model_and_the_right_answer_score
     assert reward == 1.0
     assert len(backend.requests) == 2
     second = _prompt(tokenizer, backend, 1)
-    assert "<tool_response" in second and "\n19\n</tool_response>" in second
+    assert "calculator result: 19" in second  # the demo model's tool format is pythonic (tool_format auto)
 
 
 def test_a_wrong_answer_scores_zero(start_server: StartServer, tokenizer: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from examples.calculator.agent import final_answer, reward_of, run_calculator
 from examples.calculator.calculator import CalculatorError, evaluate
-from examples.calculator.tasks import make_tasks
+from examples.calculator.tasks import make_tasks, make_tool_tasks
 
 # --- tasks -------------------------------------------------------------------------------------
 
@@ -134,3 +134,23 @@ def test_reward_is_one_only_for_the_right_answer() -> None:
     assert reward_of("Answer: 18", 19) == 0.0
     assert reward_of("<tool_call>{broken", 19) == 0.0
     assert reward_of(None, 19) == 0.0
+
+
+def test_tool_tasks_are_deterministic_disjoint_and_need_the_tool() -> None:
+    train = make_tool_tasks("train", 300, seed=0)
+    assert train == make_tool_tasks("train", 300, seed=0)
+    val = make_tool_tasks("val", 100, seed=0, temperature=1.0)
+    assert not {t["question"] for t in train} & {t["question"] for t in val}
+    assert {t["kind"] for t in train} == {"product", "long_product", "sum3"}
+    for task in train + val:
+        expression = task["question"].removeprefix("What is ").removesuffix("?")
+        assert evaluate(expression) == task["answer"]
+        assert task["answer"] >= 121  # nothing a 135M model does in its head: 11 * 11 is the smallest product
+    assert all(t["temperature"] == 1.0 for t in val)
+
+
+@pytest.mark.parametrize("kwargs", [{"split": "test"}, {"n": -1}, {"kinds": ["division"]}, {"kinds": []}])
+def test_bad_tool_task_arguments_are_rejected(kwargs: dict) -> None:
+    args = {"split": "train", "n": 3, **kwargs}
+    with pytest.raises(ValueError):
+        make_tool_tasks(**args)

@@ -3,6 +3,7 @@ through the gateway (OpenAI tool_calls out, recorded on the span)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -11,7 +12,13 @@ import openai
 import pytest
 
 from agentbolt.errors import BadInput
-from agentbolt.gateway.tools import active_tools, format_tool_call, parse_tool_calls, render_tool_messages
+from agentbolt.gateway.tools import (
+    active_tools,
+    choose_tool_format,
+    format_tool_call,
+    parse_tool_calls,
+    render_tool_messages,
+)
 from tests.gateway.live_gateway import (
     MODEL,
     ScriptedBackend,
@@ -507,7 +514,7 @@ def test_system_prompt_with_two_tools_stays_short(tokenizer: Any) -> None:
     assert n_tokens < 300
 
 
-# --- through the gateway, with a scripted backend (exact replies) ----------------------------------
+# --- through the gateway, with a scripted backend (exact replies), in the hermes format --------------
 
 SAY_HELLO = [{"role": "user", "content": "Say hello."}]
 GATEWAY_TOOLS = [
@@ -524,7 +531,7 @@ CALL_TEXT = 'Let me add.\n<tool_call>{"name": "add", "arguments": {"a": 2, "b": 
 
 
 def test_tool_call_reply_becomes_openai_tool_calls_and_is_recorded(start_server: StartServer, tokenizer: Any) -> None:
-    server = start_server(ScriptedBackend(tokenizer, [CALL_TEXT, "It is 5."]))
+    server = start_server(ScriptedBackend(tokenizer, [CALL_TEXT, "It is 5."]), tool_format="hermes")
     rollout_id, attempt_id = claim_attempt(server.url)
     client = openai.OpenAI(base_url=attempt_url(server.url, rollout_id, attempt_id), api_key="unused")
     messages: list[Any] = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -558,7 +565,7 @@ def test_tool_call_reply_becomes_openai_tool_calls_and_is_recorded(start_server:
 
 def test_malformed_tool_call_is_returned_as_text_and_flagged(start_server: StartServer, tokenizer: Any) -> None:
     broken = '<tool_call>{"name": "add", "arguments": {"a": 2,</tool_call>'
-    server = start_server(ScriptedBackend(tokenizer, [broken]))
+    server = start_server(ScriptedBackend(tokenizer, [broken]), tool_format="hermes")
     rollout_id, attempt_id = claim_attempt(server.url)
     client = openai.OpenAI(base_url=attempt_url(server.url, rollout_id, attempt_id), api_key="unused")
     reply = client.chat.completions.create(model=MODEL, messages=SAY_HELLO, tools=GATEWAY_TOOLS)  # type: ignore[arg-type]
@@ -571,7 +578,7 @@ def test_malformed_tool_call_is_returned_as_text_and_flagged(start_server: Start
 
 
 def test_streamed_tool_call_reassembles_in_the_openai_client(start_server: StartServer, tokenizer: Any) -> None:
-    server = start_server(ScriptedBackend(tokenizer, [CALL_TEXT]))
+    server = start_server(ScriptedBackend(tokenizer, [CALL_TEXT]), tool_format="hermes")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     with client.chat.completions.stream(
         model=MODEL,
@@ -587,3 +594,158 @@ def test_streamed_tool_call_reassembles_in_the_openai_client(start_server: Start
     [call] = choice.message.tool_calls or []
     assert (call.function.name, json.loads(call.function.arguments)) == ("add", {"a": 2, "b": 3})
     assert final.usage is not None and final.usage.completion_tokens > 0
+
+
+# --- the tool format of each served model ------------------------------------------------------------
+
+
+class _Tokenizer:
+    """What choose_tool_format reads of a tokenizer."""
+
+    def __init__(self, name_or_path: str, chat_template: str | dict[str, str] | None) -> None:
+        self.name_or_path = name_or_path
+        self.chat_template = chat_template
+
+
+CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+TOOL_TEMPLATE = "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}" + CHATML
+
+
+def test_auto_picks_pythonic_for_the_demo_tokenizer(tokenizer: Any) -> None:
+    assert choose_tool_format("auto", tokenizer) == ("pythonic", "SmolLM2 family")
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _Tokenizer("Qwen/Qwen2.5-0.5B-Instruct", CHATML),
+        _Tokenizer("meta-llama/Llama-3.2-1B-Instruct", None),
+        _Tokenizer("/models/checkpoint-000010", {"default": CHATML}),
+    ],
+)
+def test_auto_picks_hermes_for_models_of_no_listed_family(other: Any) -> None:
+    assert choose_tool_format("auto", other)[0] == "hermes"
+
+
+@pytest.mark.parametrize(
+    "smollm2",
+    [
+        _Tokenizer("HuggingFaceTB/SmolLM2-360M-Instruct", CHATML),  # by name
+        _Tokenizer("/runs/calc/checkpoints/step-000012", None),  # a checkpoint keeps its chat template
+    ],
+)
+def test_auto_recognises_smollm2_by_name_or_by_its_chat_template(smollm2: Any, tokenizer: Any) -> None:
+    if smollm2.chat_template is None:
+        smollm2.chat_template = tokenizer.chat_template
+
+    assert choose_tool_format("auto", smollm2) == ("pythonic", "SmolLM2 family")
+
+
+def test_auto_leaves_a_template_that_knows_tools_on_hermes() -> None:
+    assert choose_tool_format("auto", _Tokenizer("HuggingFaceTB/SmolLM2-1.7B-tools", TOOL_TEMPLATE))[0] == "hermes"
+
+
+@pytest.mark.parametrize("setting", ["hermes", "pythonic"])
+def test_a_set_tool_format_applies_to_every_model(setting: str, tokenizer: Any) -> None:
+    for model in (tokenizer, _Tokenizer("Qwen/Qwen2.5-0.5B-Instruct", CHATML)):
+        assert choose_tool_format(setting, model)[0] == setting
+
+
+def test_an_unknown_tool_format_is_refused(tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="must be 'auto', 'hermes' or 'pythonic'"):
+        choose_tool_format("xml", tokenizer)
+
+
+# --- through the gateway, in the pythonic format ---------------------------------------------------
+
+CALCULATOR = _tool("calculator", "Evaluate an arithmetic expression such as 12 * 34.", expression="string")
+WORKED = [
+    {"role": "system", "content": "Solve the math problem."},
+    {"role": "user", "content": "What is 12 * 34?"},
+    {"role": "assistant", "content": None, "tool_calls": [_call("calculator", {"expression": "12 * 34"}, "call_ex")]},
+    {"role": "tool", "tool_call_id": "call_ex", "content": "408"},
+    {"role": "assistant", "content": "Answer: 408"},
+    {"role": "user", "content": "What is 23 * 47?"},
+]
+WORKED_PROMPT = (
+    "<|im_start|>system\nSolve the math problem.\n\n"
+    "calculator: Evaluate an arithmetic expression such as 12 * 34. "
+    'To use it, reply with only: [calculator(expression="...")]\n'
+    "If no tool is needed, answer directly.<|im_end|>\n"
+    "<|im_start|>user\nWhat is 12 * 34?<|im_end|>\n"
+    '<|im_start|>assistant\n[calculator(expression="12 * 34")]<|im_end|>\n'
+    "<|im_start|>user\ncalculator result: 408<|im_end|>\n"
+    "<|im_start|>assistant\nAnswer: 408<|im_end|>\n"
+    "<|im_start|>user\nWhat is 23 * 47?<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def test_the_tiny_model_on_the_demo_tokenizer_gets_tools_in_the_pythonic_format(
+    start_server: StartServer, tiny_engine: Any, tokenizer: Any
+) -> None:
+    from agentbolt.gateway.backend import EngineBackend
+
+    server = start_server(EngineBackend(tiny_engine, MODEL))  # tool_format "auto", the default
+    rollout_id, attempt_id = claim_attempt(server.url)
+    client = openai.OpenAI(base_url=attempt_url(server.url, rollout_id, attempt_id), api_key="unused")
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=WORKED,  # type: ignore[arg-type]
+        tools=[CALCULATOR],  # type: ignore[list-item]
+        max_tokens=4,
+        temperature=0,
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    finish_attempt(server.url, rollout_id, attempt_id)
+
+    [span] = llm_spans(server.url, rollout_id)
+    prompt = tokenizer.decode(span["attributes"]["agentbolt.llm.prompt_token_ids"], skip_special_tokens=False)
+    assert prompt == WORKED_PROMPT
+
+
+def test_pythonic_call_reply_becomes_openai_tool_calls_and_its_text_is_repeated(
+    start_server: StartServer, tokenizer: Any
+) -> None:
+    server = start_server(ScriptedBackend(tokenizer, ['[calculator(expression="23 * 47")]', "Answer: 1081"]))
+    rollout_id, attempt_id = claim_attempt(server.url)
+    client = openai.OpenAI(base_url=attempt_url(server.url, rollout_id, attempt_id), api_key="unused")
+    messages: list[Any] = list(WORKED)
+    reply = client.chat.completions.create(model=MODEL, messages=messages, tools=[CALCULATOR])  # type: ignore[list-item]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "calculator" and json.loads(call.function.arguments) == {"expression": "23 * 47"}
+
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "1081"},
+    ]
+    final = client.chat.completions.create(model=MODEL, messages=messages, tools=[CALCULATOR])  # type: ignore[list-item]
+    assert final.choices[0].message.content == "Answer: 1081"
+    finish_attempt(server.url, rollout_id, attempt_id)
+
+    first, second = (s["attributes"] for s in llm_spans(server.url, rollout_id))
+    assert first["agentbolt.llm.tool_call_malformed"] is False
+    assert second["agentbolt.llm.fidelity_mismatch"] is False
+    repeated = first["agentbolt.llm.prompt_token_ids"] + first["agentbolt.llm.response_token_ids"]
+    assert second["agentbolt.llm.prompt_token_ids"][: len(repeated)] == repeated
+    assert tokenizer.decode(second["agentbolt.llm.prompt_token_ids"]).endswith(
+        "<|im_start|>user\ncalculator result: 1081<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_a_fixed_model_of_another_family_keeps_the_hermes_format(start_server: StartServer, tokenizer: Any) -> None:
+    other = copy.deepcopy(tokenizer)  # the same ids, but neither SmolLM2's name nor its chat template
+    other.name_or_path = "Qwen/Qwen2.5-0.5B-Instruct"
+    other.chat_template = CHATML + "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    policy, reviewer = ScriptedBackend(tokenizer, ["Hi."]), ScriptedBackend(other, ["Hi."])
+    reviewer.model_name = "reviewer"
+    server = start_server(policy, fixed=(reviewer,))
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    for model in (MODEL, "reviewer"):
+        client.chat.completions.create(model=model, messages=SAY_HELLO, tools=[CALCULATOR])  # type: ignore[list-item]
+
+    policy_prompt, reviewer_prompt = (tokenizer.decode(b.requests[0].prompt_token_ids) for b in (policy, reviewer))
+    assert '[calculator(expression="...")]' in policy_prompt and "<tool_call>" not in policy_prompt
+    assert "<tool_call>" in reviewer_prompt and "[calculator(" not in reviewer_prompt

@@ -122,7 +122,8 @@ def run_rollouts(
 ) -> Outcome:
     """Serve ``backend`` (and ``fixed`` models), enqueue ``tasks``, run a worker until it has claimed them all,
     return what was stored."""
-    config = ServerConfig(port=0, store_url=f"sqlite:///{tmp_path / 'integration.db'}")
+    # The rule backends script hermes-style replies and look for <tool_response> blocks.
+    config = ServerConfig(port=0, store_url=f"sqlite:///{tmp_path / 'integration.db'}", tool_format="hermes")
     with BackgroundServer(config, backend=backend, fixed=fixed) as server:
         body = [{"input": task, "config": {"timeout_s": timeout_s}} for task in tasks]
         created = httpx.post(f"{server.url}/api/rollouts/batch", json=body, timeout=30)

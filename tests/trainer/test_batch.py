@@ -139,3 +139,21 @@ def test_a_timed_out_attempt_without_reward_is_trained_with_the_timeout_reward_a
 def test_rollouts_missing_from_the_span_map_are_dropped_not_raised() -> None:
     samples, report = prepare_batch([rollout("r1", reward=None, attempts=None)], {}, RLConfig())
     assert samples == [] and report.rollouts_dropped == {"no_spans": 1}
+
+
+def test_tool_use_rates_count_episodes_with_a_well_formed_call_and_those_with_a_malformed_one() -> None:
+    from agentbolt.trainer.batch import tool_use_rates
+    from tests.adapter.factories import episode, transition
+
+    def called(index: int) -> Transition:
+        return transition(index, tool_successes=1).model_copy(update={"tool_calls_requested": 1})
+
+    episodes = [
+        episode([called(0), transition(1)]),  # called the tool, then answered: 2 policy calls
+        episode([transition(0, malformed=True).model_copy(update={"tool_calls_requested": 0}), transition(1)]),
+        episode([transition(0)]),  # answered without the tool
+        episode([called(0), transition(1, malformed=True), transition(2)]),  # both: counts in each rate
+    ]
+    rates = tool_use_rates(episodes)
+    assert rates == {"tools/use_rate": 0.5, "tools/malformed_rate": 0.5, "calls/per_rollout": 2.0}
+    assert tool_use_rates([]) == {}
