@@ -16,6 +16,7 @@ from agentbolt.gateway.attribution import CallContext
 from agentbolt.gateway.backend import Backend
 from agentbolt.gateway.fidelity import MessageKey
 from agentbolt.gateway.text import ResponseText, TokenText
+from agentbolt.gateway.tools import ToolFormat
 from agentbolt.types import GenerationRequest, GenerationResult
 
 Operation = Literal["chat", "text_completion"]
@@ -23,11 +24,12 @@ Operation = Literal["chat", "text_completion"]
 
 @dataclass
 class Served:
-    """One model the gateway serves: its backend and its tokenizer's text helper."""
+    """One model the gateway serves: its backend, its tokenizer's text helper and its tool format."""
 
     backend: Backend
     text: TokenText
     fixed: bool  # a fixed model: traced, never trained (the policy is the one model that is not fixed)
+    tool_format: ToolFormat  # how tools are written into its prompts and read back from its replies
 
     @property
     def system(self) -> str:

@@ -32,7 +32,7 @@ from agentbolt.gateway.fidelity import FidelityTracker, MessageKey, Turn, messag
 from agentbolt.gateway.llm_spans import llm_call_spans
 from agentbolt.gateway.recorder import SpanRecorder
 from agentbolt.gateway.text import TokenText, response_text
-from agentbolt.gateway.tools import ToolFormat, choose_tool_format, parse_tool_calls
+from agentbolt.gateway.tools import choose_tool_format, parse_tool_calls
 from agentbolt.store import Store
 from agentbolt.types import ChatCompletionRequest, CompletionRequest, GenerationRequest, GenerationResult, ServerConfig
 
@@ -64,14 +64,11 @@ class Gateway:
         for b in (backend, *fixed):
             if b.model_name in self.models:
                 raise BadInput(f"two served models are named {b.model_name!r}: give each its own name")
-            self.models[b.model_name] = Served(b, TokenText(b.tokenizer), fixed=b is not backend)
+            # Each served model's tool format: config.tool_format, or its family's when "auto".
+            tool_format, why = choose_tool_format(config.tool_format, b.tokenizer)
+            logger.info("model %r: tools in the %s format (%s)", b.model_name, tool_format, why)
+            self.models[b.model_name] = Served(b, TokenText(b.tokenizer), b is not backend, tool_format)
         self.config = config
-        # The tool format of each served model (config.tool_format, by model family when "auto").
-        self.tool_formats: dict[str, ToolFormat] = {}
-        for name, served in self.models.items():
-            tool_format, why = choose_tool_format(config.tool_format, served.backend.tokenizer)
-            self.tool_formats[name] = tool_format
-            logger.info("model %r: tools in the %s format (%s)", name, tool_format, why)
         self.store = store
         self.recorder = SpanRecorder(store, interval_s=config.span_flush_interval_s)
         self.gate = AttemptGate(store)
@@ -231,10 +228,6 @@ class Gateway:
             )
         return keys, mismatch
 
-    def tool_format(self, served: Served) -> ToolFormat:
-        """The format tools are written in for ``served``'s prompts and its replies' calls are read in."""
-        return self.tool_formats[served.backend.model_name]
-
     # --- generating and recording -------------------------------------------------------------------
 
     async def generate(self, call: Prepared) -> list[Choice]:
@@ -266,7 +259,7 @@ class Gateway:
         tool_calls: list[dict[str, Any]] = []
         malformed = None
         if call.tools:
-            parsed = parse_tool_calls(response.text, call.tools, self.tool_format(served))
+            parsed = parse_tool_calls(response.text, call.tools, served.tool_format)
             content, tool_calls, malformed = parsed.content, parsed.tool_calls, parsed.malformed
             if tool_calls:
                 finish = "tool_calls"

@@ -61,7 +61,7 @@ async def prepare_chat(gateway: Gateway, body: Any, context: CallContext) -> Pre
         parse_for = active_tools(tools, tool_choice)
         if tools or any(m["role"] == "tool" or "tool_calls" in m for m in messages):
             rendered = render_tool_messages(
-                messages, tools, tool_choice, recall=gateway.recall, tool_format=gateway.tool_format(served)
+                messages, tools, tool_choice, recall=gateway.recall, tool_format=served.tool_format
             )
         else:
             rendered = [

@@ -176,6 +176,11 @@ def spans_of_rollouts(conn: Connection, rollout_ids: list[str]) -> dict[str, lis
     known = set(conn.execute(sa.select(rollouts.c.rollout_id).where(rollouts.c.rollout_id.in_(rollout_ids))).scalars())
     if len(known) < len(set(rollout_ids)):
         raise rollouts_not_found(rollout_ids, known)
+    return _spans_by_rollout(conn, rollout_ids)
+
+
+def _spans_by_rollout(conn: Connection, rollout_ids: list[str]) -> dict[str, list[Span]]:
+    """The span query of :func:`spans_of_rollouts`, for ids known to exist."""
     by_rollout: dict[str, list[Span]] = {rid: [] for rid in rollout_ids}
     rows = conn.execute(
         sa.select(spans).where(spans.c.rollout_id.in_(list(by_rollout))).order_by(spans.c.rollout_id, *_SPAN_ORDER)
@@ -268,6 +273,6 @@ def _span_target_not_found(conn: Connection, span: SpanIn, owner: str | None) ->
 
 def read_rollouts(conn: Connection, rollout_ids: list[str]) -> list[RolloutWithSpans]:
     """Rollouts with their attempts and spans, in the order given, read in one transaction. Raises NotFound."""
-    found = get_rollouts(conn, rollout_ids, True)
-    spans_of = spans_of_rollouts(conn, rollout_ids)
+    found = get_rollouts(conn, rollout_ids, True)  # raises NotFound naming any unknown id
+    spans_of = _spans_by_rollout(conn, rollout_ids)
     return [RolloutWithSpans(**dict(r), spans=spans_of[r.rollout_id]) for r in found]
