@@ -1,7 +1,9 @@
 """A calculator agent with AutoGen AgentChat: one AssistantAgent with a calculator tool, exact-match reward.
 
-Tasks are arithmetic word problems generated from a seed by ``examples.calculator.tasks.make_tasks``; the
-tool is the safe evaluator of ``examples.calculator.calculator``.
+Tasks are the demo's tool-needing problems (``examples.calculator.tasks.make_tool_tasks``: products and sums a
+135M model cannot do in its head); the tool is the safe evaluator of ``examples.calculator.calculator``. The
+agent's model context starts with one worked example, written in AutoGen's own message types (a question, a
+``calculate`` call, its result, the answer): the agent's own prompt, as its system message is.
 """
 
 from __future__ import annotations
@@ -10,22 +12,44 @@ import re
 from typing import Any
 
 from autogen_agentchat.agents import AssistantAgent
+from autogen_core import FunctionCall
+from autogen_core.model_context import UnboundedChatCompletionContext
+from autogen_core.models import (
+    AssistantMessage,
+    FunctionExecutionResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    UserMessage,
+)
 
 import agentbolt
 from agentbolt.integrations import autogen as ab_autogen
 from examples.calculator.calculator import evaluate
 
-MAX_TOKENS = 128
-SYSTEM = (
-    "You solve arithmetic word problems. Call the calculate tool with the arithmetic expression, "
-    "then reply with the final number."
-)
+MAX_TOKENS = 64  # a call or a one-line answer; a longer reply is a ramble worth cutting short
+SYSTEM = "Solve the math problem with the calculate tool. End your final reply with: Answer: <number>"
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def calculate(expression: str) -> str:
     """Evaluate an arithmetic expression such as '12 + 7 * (3 - 1)'."""
     return str(evaluate(expression))
+
+
+def worked_example() -> list[LLMMessage]:
+    """One solved problem as earlier turns of the agent's context: question, tool call, result, answer.
+
+    A 135M model does not call a tool from its instructions alone; after one example it often does.
+    """
+    call = FunctionCall(id="call_example", name="calculate", arguments='{"expression": "12 * 34"}')
+    return [
+        UserMessage(content="What is 12 * 34?", source="user"),
+        AssistantMessage(content=[call], source="calculator"),
+        FunctionExecutionResultMessage(
+            content=[FunctionExecutionResult(content="408", name="calculate", call_id="call_example", is_error=False)]
+        ),
+        AssistantMessage(content="Answer: 408", source="calculator"),
+    ]
 
 
 def final_number(text: str) -> float | None:
@@ -38,7 +62,7 @@ def final_number(text: str) -> float | None:
 async def calculator_agent(task: dict[str, Any], llm: agentbolt.LLM) -> float:
     """One rollout: 1.0 when the agent's last number equals ``task["answer"]``, else 0.0.
 
-    ``task["temperature"]`` (optional, default 1.0) is the sampling temperature (0 in validation).
+    ``task["temperature"]`` (optional, default 1.0) is the sampling temperature.
     """
     temperature = float(task.get("temperature", 1.0))
     client = ab_autogen.model_client(llm, agent="calculator", max_tokens=MAX_TOKENS, temperature=temperature)
@@ -47,6 +71,7 @@ async def calculator_agent(task: dict[str, Any], llm: agentbolt.LLM) -> float:
         model_client=client,
         tools=[ab_autogen.tool(calculate)],
         system_message=SYSTEM,
+        model_context=UnboundedChatCompletionContext(initial_messages=worked_example()),
         reflect_on_tool_use=True,  # after the tool, the model states the answer itself
     )
     try:

@@ -1,7 +1,9 @@
 """A retrieval agent with the OpenAI Agents SDK: it searches a local corpus with a tool, then answers.
 
 The only agentbolt-specific line is the ``model=`` of the ``Agent``; the reward is F1 of the answer plus
-a format term (see reward.py).
+a format term (see reward.py). The run's input starts with one worked example in the SDK's own input items
+(a question, a ``search_documents`` call, its result, the answer line): the agent's own prompt, as its
+instructions are. A 135M model does not call a tool from instructions alone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,27 @@ INSTRUCTIONS = (
     "Answer the user's question from the documents. First call the search tool with a short query; "
     "then reply with one line: 'Answer: <the answer in a few words>'."
 )
+
+
+# One solved question as earlier input items. Its document is not in the corpus, so the example teaches the
+# steps (search, read, answer in one line), not an answer to any question the agent is asked.
+WORKED_EXAMPLE: list[dict[str, Any]] = [
+    {"role": "user", "content": "Which river flows through Paris?"},
+    {
+        "type": "function_call",
+        "call_id": "call_example",
+        "name": "search_documents",
+        "arguments": json.dumps({"query": "river Paris"}),
+    },
+    {
+        "type": "function_call_output",
+        "call_id": "call_example",
+        "output": json.dumps(
+            [{"id": "x1", "title": "The Seine", "text": "The Seine flows through Paris into the English Channel."}]
+        ),
+    },
+    {"role": "assistant", "content": "Answer: the Seine"},
+]
 
 
 @function_tool
@@ -53,7 +76,8 @@ async def retrieval_agent(task: dict[str, Any], llm: agentbolt.LLM) -> None:
 
     try:
         agent = build_agent(llm, float(task.get("temperature", 1.0)))
-        result = await Runner.run(agent, task["question"], max_turns=MAX_TURNS)
+        question = {"role": "user", "content": str(task["question"])}
+        result = await Runner.run(agent, [*WORKED_EXAMPLE, question], max_turns=MAX_TURNS)  # type: ignore[list-item]
         output = str(result.final_output) if result.final_output is not None else None
     except MaxTurnsExceeded as exc:  # a model that keeps calling tools gets no answer in: reward 0
         agentbolt.emit_exception(exc)

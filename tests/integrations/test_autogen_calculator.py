@@ -28,7 +28,7 @@ _RESPONSE = re.compile(r"<tool_response[^>]*>\s*(.*?)\s*</tool_response>", re.DO
 
 def calculate_then_answer(prompt: str) -> str:
     """Marbles: a valid expression; cookies: words the calculator refuses. Then state the tool's result."""
-    conversation = prompt.split("<|im_start|>user", 1)[-1]  # after the system message
+    conversation = prompt.rsplit("<|im_start|>user", 1)[-1]  # the task's turn, after the worked example
     responses = _RESPONSE.findall(conversation)
     if responses:
         return f"The answer is {responses[-1]}." if responses[-1].lstrip("-").isdigit() else "I cannot tell."
