@@ -12,9 +12,7 @@ from agentbolt.types import ServerConfig
 
 
 def _start(tmp_path: Path, **overrides: object) -> BackgroundServer:
-    config = ServerConfig(
-        port=0, store_url=f"sqlite:///{tmp_path / 'server.db'}", watchdog_interval_s=0.2, **overrides
-    )
+    config = ServerConfig(port=0, store_url=f"sqlite:///{tmp_path / 'server.db'}", watchdog_interval_s=0.2, **overrides)
     return BackgroundServer(config).start()
 
 

@@ -2,10 +2,20 @@
 
 Errors come back as the same exception classes the server raised (BadInput, NotFound,
 IllegalTransition, ...), carrying the server's message.
+
+Idempotent calls (every read, heartbeat, finish, release: the attempt id makes repeating them safe) are
+retried on a transport error or a 503 with bounded exponential backoff (:class:`RetryPolicy`); the others
+(enqueue, dequeue, add_reward, cancel, ...) are sent once, since a lost response may hide a change made.
+Idle connections are dropped before the server would close them (:data:`KEEPALIVE_EXPIRY_S`), so a
+request is not sent on a connection the server is closing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -35,6 +45,13 @@ from agentbolt.types import (
     WaitResult,
     Worker,
 )
+from agentbolt.types.queue import AttemptRelease
+
+log = logging.getLogger(__name__)
+
+# uvicorn closes a connection idle for its ``timeout_keep_alive`` (5 s by default); dropping ours sooner
+# means a request never races the server's close of the connection it goes out on.
+KEEPALIVE_EXPIRY_S = 2.0
 
 _ERRORS_BY_CODE: dict[str, type[errors.AgentboltError]] = {
     cls.code: cls
@@ -60,6 +77,27 @@ READ_CHUNK = 1_000  # rollouts per read_rollouts request: a few MB of spans at m
 _ROLLOUTS_WITH_SPANS = TypeAdapter(list[RolloutWithSpans])
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an idempotent call is retried: ``tries`` in all, waiting ``first_delay_s`` doubled each time
+    up to ``max_delay_s`` (with ±25% jitter, so many workers do not retry in step)."""
+
+    tries: int = 8
+    first_delay_s: float = 0.2
+    max_delay_s: float = 5.0
+
+    def delay_s(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (0 for the first)."""
+        return min(self.first_delay_s * 2**retry, self.max_delay_s) * random.uniform(0.75, 1.25)
+
+
+# A dropped connection needs one retry; the CLI and the trainer should not hang on a server that is down.
+DEFAULT_RETRY = RetryPolicy(tries=3)
+# The worker's: about 16 s of retries, to ride out a server restart rather than lose a finished attempt.
+WORKER_RETRY = RetryPolicy(tries=8)
+NO_RETRY = RetryPolicy(tries=1)
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -77,15 +115,35 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 class ServerClient:
-    """Async client of one agentbolt server. Use as ``async with ServerClient(url) as client:``."""
+    """Async client of one agentbolt server. Use as ``async with ServerClient(url) as client:``.
 
-    def __init__(self, server_url: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+    Args:
+        server_url: the server's base URL.
+        api_key: the server's API key, if it has one.
+        timeout_s: the limit of one request (long-polls add their wait).
+        retry: how idempotent calls are retried (:data:`NO_RETRY` to send each once).
+        transport: an httpx transport to send through (tests use one that drops connections).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.server_url = server_url.rstrip("/")
+        self.retry = retry
+        self.retries = 0  # idempotent calls sent again after a transport error or a 503
         self._http = httpx.AsyncClient(
             base_url=self.server_url,
             headers=auth_headers(api_key),
             timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            limits=httpx.Limits(
+                max_connections=200, max_keepalive_connections=200, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            ),
+            transport=transport,
         )
 
     async def __aenter__(self) -> ServerClient:
@@ -99,19 +157,37 @@ class ServerClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise errors.ServerUnreachable(
-                f"cannot reach the agentbolt server at {self.server_url} ({exc.__class__.__name__}: {exc}); "
-                "is `agentbolt serve` running there?"
-            ) from exc
-        _raise_for(response)
-        return response
+    async def _request(self, method: str, path: str, *, idempotent: bool = False, **kwargs: Any) -> httpx.Response:
+        """Send one request; an idempotent one is retried per :attr:`retry` on a transport error or a 503.
+
+        Raises ServerUnreachable when the server could not be reached (after the retries), else the
+        exception class of the server's error.
+        """
+        tries = self.retry.tries if idempotent else 1
+        for retry in range(tries):
+            last = retry + 1 == tries
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise errors.ServerUnreachable(
+                        f"cannot reach the agentbolt server at {self.server_url} "
+                        f"({exc.__class__.__name__}: {exc}); is `agentbolt serve` running there?"
+                    ) from exc
+                why = f"{exc.__class__.__name__}: {exc}"
+            else:
+                if response.status_code != 503 or last:
+                    _raise_for(response)
+                    return response
+                why = "HTTP 503"
+            delay = self.retry.delay_s(retry)
+            self.retries += 1
+            log.info("%s %s failed (%s); retrying in %.2fs", method, path, why, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def health(self) -> Health:
-        return Health.model_validate_json((await self._request("GET", "/health")).content)
+        return Health.model_validate_json((await self._request("GET", "/health", idempotent=True)).content)
 
     async def enqueue(self, rollouts: list[RolloutCreate]) -> list[Rollout]:
         payload = [r.model_dump(mode="json", exclude_none=True) for r in rollouts]
@@ -130,23 +206,45 @@ class ServerClient:
         return Claim.model_validate_json(response.content)
 
     async def heartbeat(self, attempt: Attempt, worker_id: str | None = None) -> None:
+        """Tell the server the attempt's worker is alive (retried). Raises IllegalTransition once it ended."""
         await self._request(
             "POST",
             f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/heartbeat",
+            idempotent=True,
             json={"worker_id": worker_id},
         )
 
     async def finish(self, attempt: Attempt, finish: AttemptFinish) -> Rollout:
+        """End the attempt (retried: the server answers a repeated identical finish with the rollout again).
+
+        Raises IllegalTransition if the server had ended the attempt otherwise (e.g. timed out).
+        """
         response = await self._request(
             "POST",
             f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/finish",
+            idempotent=True,
             content=finish.model_dump_json(exclude_none=True),
             headers={"content-type": "application/json"},
         )
         return Rollout.model_validate_json(response.content)
 
+    async def release(self, attempt: Attempt, release: AttemptRelease) -> Rollout:
+        """Give the unfinished attempt back so its rollout is requeued at once (retried, like finish).
+
+        Raises IllegalTransition if the attempt had already ended otherwise.
+        """
+        response = await self._request(
+            "POST",
+            f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/release",
+            idempotent=True,
+            content=release.model_dump_json(exclude_none=True),
+            headers={"content-type": "application/json"},
+        )
+        return Rollout.model_validate_json(response.content)
+
     async def get_rollout(self, rollout_id: str) -> Rollout:
-        return Rollout.model_validate_json((await self._request("GET", f"/api/rollouts/{rollout_id}")).content)
+        response = await self._request("GET", f"/api/rollouts/{rollout_id}", idempotent=True)
+        return Rollout.model_validate_json(response.content)
 
     async def query_rollouts(
         self,
@@ -164,7 +262,7 @@ class ServerClient:
             params["mode"] = mode
         if group_id:
             params["group_id"] = group_id
-        response = await self._request("GET", "/api/rollouts", params=params)
+        response = await self._request("GET", "/api/rollouts", idempotent=True, params=params)
         return Page[Rollout].model_validate_json(response.content)
 
     async def spans(
@@ -173,7 +271,7 @@ class ServerClient:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if attempt_id:
             params["attempt_id"] = attempt_id
-        response = await self._request("GET", f"/api/rollouts/{rollout_id}/spans", params=params)
+        response = await self._request("GET", f"/api/rollouts/{rollout_id}/spans", idempotent=True, params=params)
         return Page[Span].model_validate_json(response.content)
 
     async def all_spans(self, rollout_id: str) -> list[Span]:
@@ -191,14 +289,18 @@ class ServerClient:
         found: list[RolloutWithSpans] = []
         for start in range(0, len(rollout_ids), READ_CHUNK):
             body = RolloutsRead(rollout_ids=rollout_ids[start : start + READ_CHUNK]).model_dump(mode="json")
-            response = await self._request("POST", "/api/rollouts/read", json=body)
+            response = await self._request("POST", "/api/rollouts/read", idempotent=True, json=body)
             found.extend(_ROLLOUTS_WITH_SPANS.validate_json(response.content))
         return found
 
     async def wait(self, rollout_ids: list[str], timeout_s: float = 30.0) -> WaitResult:
         request = WaitRequest(rollout_ids=rollout_ids, timeout_s=timeout_s)
         response = await self._request(
-            "POST", "/api/rollouts/wait", json=request.model_dump(mode="json"), timeout=timeout_s + 30.0
+            "POST",
+            "/api/rollouts/wait",
+            idempotent=True,
+            json=request.model_dump(mode="json"),
+            timeout=timeout_s + 30.0,
         )
         return WaitResult.model_validate_json(response.content)
 
@@ -212,7 +314,7 @@ class ServerClient:
         return Rollout.model_validate_json((await self._request("POST", f"/api/rollouts/{rollout_id}/cancel")).content)
 
     async def workers(self) -> list[Worker]:
-        return [Worker.model_validate(w) for w in (await self._request("GET", "/api/workers")).json()]
+        return [Worker.model_validate(w) for w in (await self._request("GET", "/api/workers", idempotent=True)).json()]
 
     async def add_model_version(self, record: ModelVersionCreate) -> ModelVersion:
         response = await self._request("POST", "/api/model-versions", json=record.model_dump(mode="json"))
@@ -220,7 +322,7 @@ class ServerClient:
 
     async def latest_model_version(self) -> ModelVersion | None:
         try:
-            response = await self._request("GET", "/api/model-versions/latest")
+            response = await self._request("GET", "/api/model-versions/latest", idempotent=True)
         except errors.NotFound:
             return None
         return ModelVersion.model_validate_json(response.content)

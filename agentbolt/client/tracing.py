@@ -8,7 +8,9 @@ agent has none):
   in the right attempt whoever created them.
 * a ``BatchSpanProcessor`` exporting over OTLP/HTTP to the server's ``/v1/traces``, behind
   ``AttributedSpanExporter``, which drops (and counts) spans started outside any attempt, since the
-  server rejects unattributed spans.
+  server rejects unattributed spans. The OTLP exporter retries a batch on a connection error, a 429 or
+  a 502-504, with exponential backoff for up to :data:`EXPORT_TIMEOUT_S`; resending is safe, the server
+  stores each span (trace id, span id) once.
 
 The current attempt is a ``contextvars.ContextVar``, so concurrent attempts in one process (async
 tasks, or threads started with a copied context such as ``asyncio.to_thread``) stay apart. When a
@@ -40,6 +42,8 @@ from agentbolt.types import Attempt, Rollout
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "agentbolt"
+# How long the exporter keeps retrying one batch: rides out a server restart of a few seconds.
+EXPORT_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -175,7 +179,9 @@ def install_tracing(server_url: str, api_key: str | None, worker_id: str) -> Tra
             trace.set_tracer_provider(provider)
         provider.add_span_processor(AttemptSpanProcessor())
         exporter = AttributedSpanExporter(
-            OTLPSpanExporter(endpoint=f"{server_url.rstrip('/')}/v1/traces", headers=auth_headers(api_key))
+            OTLPSpanExporter(
+                endpoint=f"{server_url.rstrip('/')}/v1/traces", headers=auth_headers(api_key), timeout=EXPORT_TIMEOUT_S
+            )
         )
         batch = BatchSpanProcessor(exporter, schedule_delay_millis=500, max_export_batch_size=256)
         provider.add_span_processor(batch)

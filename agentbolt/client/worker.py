@@ -3,8 +3,19 @@
 One ``Worker`` runs ``concurrency`` runner loops in one process. Each loop:
 dequeue (long-poll) → run the agent function inside the attempt's tracing context, sending
 heartbeats → flush the attempt's spans → finish the attempt (succeeded, or failed with the
-exception's details). A worker killed mid-rollout loses only that attempt: the server's watchdog
-marks it unresponsive and requeues or fails the rollout per its config; spans already sent stay.
+exception's details).
+
+Nothing reported is lost to a dropped connection: heartbeat, finish and release are idempotent on the
+server (the attempt id names what they change) and the worker's client retries them with bounded
+backoff (:data:`~agentbolt.client.http.WORKER_RETRY`); the span exporter retries too, and the server
+stores a span once however often it is sent.
+
+Stopping: :meth:`Worker.shutdown` (SIGTERM or SIGINT with ``handle_signals``) takes no more rollouts,
+gives running attempts ``shutdown_grace_s`` to finish, then *releases* the rest: their spans so far are
+sent and the server requeues their rollouts at once, without counting the attempt against
+``max_attempts`` (``POST .../release``). A worker killed outright loses only its running attempts: the
+server's watchdog marks them unresponsive after ``heartbeat_timeout_s`` (15 s by default) and requeues or
+fails the rollouts per their config; spans already sent stay.
 """
 
 from __future__ import annotations
@@ -15,24 +26,33 @@ import functools
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from opentelemetry.trace import Status, StatusCode
 
 from agentbolt import semconv
 from agentbolt.client.emit import emit_reward
-from agentbolt.client.http import ServerClient
+from agentbolt.client.http import WORKER_RETRY, ServerClient
 from agentbolt.client.rollout import AgentFunction, RolloutFunction, rollout
 from agentbolt.client.tracing import AttemptContext, attempt_scope, install_tracing, tracer
 from agentbolt.errors import AgentboltError, IllegalTransition, ServerUnreachable, StoreUnavailable
 from agentbolt.types import LLM, POLICY_MODEL, Attempt, AttemptFinish, Claim, ErrorInfo, RolloutMode
+from agentbolt.types.queue import AttemptRelease
 
 log = logging.getLogger(__name__)
 
+# Heartbeats per heartbeat timeout: three may be lost (or slowed by retries) before the watchdog acts.
+HEARTBEATS_PER_TIMEOUT = 4
+MAX_HEARTBEAT_INTERVAL_S = 10.0
+# Under train/workers.py's STOP_TIMEOUT_S (10 s), so a stopped worker releases before it is killed.
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -42,6 +62,7 @@ class WorkerStats:
     failed: int = 0
     abandoned: int = 0  # attempts that ran past their timeout; the server's watchdog ends them
     finish_refused: int = 0  # attempts the server had already ended (e.g. timed out) when we reported
+    released: int = 0  # attempts given back unfinished at shutdown; their rollouts were requeued
 
 
 class Worker:
@@ -58,6 +79,12 @@ class Worker:
         idle_exit_s: stop when no rollout arrived for this long (None: wait forever).
         model: model name handed to the agent in ``llm.model``; default: the server's latest model
             version record, else :data:`~agentbolt.types.POLICY_MODEL`.
+        poll_wait_s: how long one dequeue long-polls the server.
+        shutdown_grace_s: after :meth:`shutdown`, how long running attempts may still finish before they
+            are released.
+        handle_signals: make SIGTERM and SIGINT call :meth:`shutdown` (a second signal releases at once);
+            only in the main thread (the ``agentbolt worker`` command sets it).
+        transport: an httpx transport for the calls to the server (tests use one that drops connections).
     """
 
     def __init__(
@@ -73,9 +100,14 @@ class Worker:
         idle_exit_s: float | None = None,
         model: str | None = None,
         poll_wait_s: float = 5.0,
+        shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+        handle_signals: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if shutdown_grace_s < 0:
+            raise ValueError("shutdown_grace_s must not be negative")
         self.agent = rollout(agent)
         self.server_url = server_url.rstrip("/")
         self.api_key = api_key
@@ -86,13 +118,35 @@ class Worker:
         self.idle_exit_s = idle_exit_s
         self.model = model
         self.poll_wait_s = poll_wait_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.handle_signals = handle_signals
+        self.transport = transport
         self.stats = WorkerStats()
         self._reserved = 0
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # no more dequeues
+        self._release = asyncio.Event()  # give running attempts back now
+        self._grace: asyncio.TimerHandle | None = None
 
     def stop(self) -> None:
         """Ask the runner loops to stop after their current rollout."""
         self._stop.set()
+
+    def shutdown(self) -> None:
+        """Stop gracefully: take no more rollouts, let running attempts finish for ``shutdown_grace_s``,
+        then release the rest (their rollouts are requeued at once). A second call releases at once.
+
+        Call it on the worker's event loop (signal handlers installed by ``handle_signals`` are).
+        """
+        if self._grace is not None:
+            log.warning("shutting down now: releasing running attempts")
+            self._release.set()
+            return
+        log.warning(
+            "shutting down: no more rollouts; running attempts get %.1fs to finish, then are released",
+            self.shutdown_grace_s,
+        )
+        self._stop.set()
+        self._grace = asyncio.get_running_loop().call_later(self.shutdown_grace_s, self._release.set)
 
     def run_sync(self) -> WorkerStats:
         return asyncio.run(self.run())
@@ -100,12 +154,14 @@ class Worker:
     async def run(self) -> WorkerStats:
         """Run until stopped, ``max_rollouts`` claimed, or idle for ``idle_exit_s``."""
         self._stop = asyncio.Event()
+        self._release = asyncio.Event()
+        self._grace = None
         self._tracing = install_tracing(self.server_url, self.api_key, self.worker_id)
-        # Sync agents get threads of their own: on the loop's default executor (a handful of threads)
-        # they would cap concurrency and starve what else needs it, e.g. name lookups of new connections.
-        self._agent_threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="agentbolt-agent")
+        handled = self._handle_signals() if self.handle_signals else []
         try:
-            async with ServerClient(self.server_url, self.api_key) as client:
+            async with ServerClient(
+                self.server_url, self.api_key, retry=WORKER_RETRY, transport=self.transport
+            ) as client:
                 self._client = client
                 if self.model is None:
                     latest = await client.latest_model_version()
@@ -113,8 +169,24 @@ class Worker:
                 await asyncio.gather(*(self._runner(f"{self.worker_id}-{i}") for i in range(self.concurrency)))
             await asyncio.to_thread(self._tracing.flush)
         finally:
-            self._agent_threads.shutdown(wait=False, cancel_futures=True)
+            if self._grace is not None:
+                self._grace.cancel()
+            for sig in handled:
+                asyncio.get_running_loop().remove_signal_handler(sig)
         return self.stats
+
+    def _handle_signals(self) -> list[signal.Signals]:
+        """Route SIGTERM and SIGINT to :meth:`shutdown`; the signals it could take (none off the main thread)."""
+        loop = asyncio.get_running_loop()
+        handled = []
+        for sig in SHUTDOWN_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self.shutdown)
+            except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+                log.debug("cannot handle %s here; the worker stops only when asked", sig.name)
+                continue
+            handled.append(sig)
+        return handled
 
     async def _runner(self, runner_id: str) -> None:
         idle_since = asyncio.get_running_loop().time()
@@ -139,6 +211,9 @@ class Worker:
                     return
                 continue
             self.stats.claimed += 1
+            if self._stop.is_set():  # the claim raced a shutdown: give it straight back
+                await self._release_attempt(runner_id, claim.attempt, "the worker was shutting down when it got it")
+                return
             await self._run_attempt(runner_id, claim)
             idle_since = asyncio.get_running_loop().time()
 
@@ -154,16 +229,30 @@ class Worker:
         ctx = AttemptContext(rollout=rollout, attempt=attempt)
         self._tracing.exporter.rollouts.add(rollout.rollout_id)
         heartbeats = asyncio.create_task(self._heartbeat(runner_id, attempt, rollout.config.heartbeat_timeout_s))
-        finish: AttemptFinish | None
+        finish: AttemptFinish | None = None
+        released = False
         try:
             with attempt_scope(ctx):
-                finish = await self._call_agent(ctx, self._llm_for(attempt))
+                agent = asyncio.create_task(self._call_agent(ctx, self._llm_for(attempt)))
+                release = asyncio.create_task(self._release.wait())
+                try:
+                    await asyncio.wait({agent, release}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    release.cancel()
+                    if not agent.done():  # released (or this runner was cancelled): stop the agent
+                        released = True
+                        agent.cancel()
+                        await asyncio.wait({agent})  # its root span ends, marked released
+                finish = None if released else agent.result()
         finally:
             heartbeats.cancel()
-        # Spans must reach the server before the attempt is reported finished.
+        # Spans must reach the server before the attempt is reported finished (or released).
         if not await asyncio.to_thread(self._tracing.flush):
             log.error("%s: spans of attempt %s were not all sent", runner_id, attempt.attempt_id)
         self._tracing.exporter.rollouts.discard(rollout.rollout_id)
+        if released:
+            await self._release_attempt(runner_id, attempt, "the worker shut down before the attempt finished")
+            return
         if finish is None:
             self.stats.abandoned += 1
             return
@@ -181,8 +270,22 @@ class Worker:
         else:
             self.stats.failed += 1
 
+    async def _release_attempt(self, runner_id: str, attempt: Attempt, reason: str) -> None:
+        """Give the attempt back unfinished, so the server requeues its rollout at once."""
+        try:
+            await self._client.release(attempt, AttemptRelease(worker_id=runner_id, reason=reason))
+        except IllegalTransition as exc:
+            self.stats.finish_refused += 1
+            log.warning("%s: the server had already ended attempt %s: %s", runner_id, attempt.attempt_id, exc)
+            return
+        except AgentboltError as exc:
+            log.error("%s: could not release attempt %s: %s", runner_id, attempt.attempt_id, exc)
+            return
+        self.stats.released += 1
+        log.info("%s: released attempt %s of rollout %s", runner_id, attempt.attempt_id, attempt.rollout_id)
+
     async def _call_agent(self, ctx: AttemptContext, llm: LLM) -> AttemptFinish | None:
-        """Run the agent in the attempt's root span; None when it overran its timeout."""
+        """Run the agent in the attempt's root span; None when it overran its timeout or was released."""
         rollout, attempt = ctx.rollout, ctx.attempt
         attributes: dict[str, str | int] = {
             semconv.ROLLOUT_ID: rollout.rollout_id,
@@ -202,6 +305,10 @@ class Worker:
                 root.set_status(Status(StatusCode.ERROR, f"timed out after {rollout.config.timeout_s}s"))
                 log.warning("attempt %s ran past its %ss timeout", attempt.attempt_id, rollout.config.timeout_s)
                 return None
+            except asyncio.CancelledError:
+                # Only _run_attempt cancels this task; the span must end here, saying why.
+                root.set_status(Status(StatusCode.ERROR, "released: the worker shut down before the attempt finished"))
+                return None
             except Exception as exc:
                 root.record_exception(exc)
                 root.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
@@ -215,13 +322,41 @@ class Worker:
         return AttemptFinish(status="succeeded", reward=ctx.final_reward)
 
     def _in_thread(self, rollout: Any, llm: LLM) -> asyncio.Future[Any]:
-        """Run the sync agent on the worker's own threads, in a copy of the attempt's context."""
-        context = contextvars.copy_context()
-        run = functools.partial(context.run, self.agent.fn, rollout.input, llm)
-        return asyncio.get_running_loop().run_in_executor(self._agent_threads, run)
+        """Run the sync agent on a thread of its own, in a copy of the attempt's context.
+
+        Not the loop's default executor (a handful of threads): agents would cap concurrency and starve what
+        else needs it, e.g. name lookups of new connections. A daemon thread: an agent that overran its
+        timeout or was released, and never returns, does not keep the process from exiting.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        run = functools.partial(contextvars.copy_context().run, self.agent.fn, rollout.input, llm)
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():  # timed out or released meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def target() -> None:
+            try:
+                result, error = run(), None
+            except BaseException as exc:  # handed to the awaiting coroutine, like an executor would
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the loop has closed: nobody waits for this agent any more
+                pass
+
+        threading.Thread(target=target, name=f"agentbolt-agent-{rollout.rollout_id}", daemon=True).start()
+        return future
 
     async def _heartbeat(self, runner_id: str, attempt: Attempt, timeout_s: float | None) -> None:
-        interval = min(timeout_s / 3, 10.0) if timeout_s else 10.0
+        interval = (
+            min(timeout_s / HEARTBEATS_PER_TIMEOUT, MAX_HEARTBEAT_INTERVAL_S) if timeout_s else MAX_HEARTBEAT_INTERVAL_S
+        )
         while True:
             await asyncio.sleep(interval)
             try:

@@ -7,6 +7,11 @@ with the KV cache: each step samples one token for every unfinished sequence, ea
 temperature, top-p, stop ids, length limit and random generator. Finished sequences are dropped from
 the cache so the batch shrinks as it goes. Requests arriving meanwhile join the next batch.
 
+Requests fail alone: a request the engine cannot run (a seed torch cannot take, a temperature too small
+to divide by) is refused by :meth:`Engine.check_request` before it is queued, and when decoding a batch
+raises anyway, each of its requests is decoded again on its own, so only the one at fault gets the error
+(as :class:`GenerationFailed`, a 500) and the others their results.
+
 Weight updates travel on the same queue, so they are ordered with the requests: a request submitted
 before ``update_weights`` runs on the old weights, one submitted after runs on the new ones, and a batch
 never mixes versions. Every result names the model version it ran on.
@@ -44,6 +49,17 @@ class EngineClosed(AgentboltError):
 
     http_status = 503
     code = "engine_closed"
+
+
+class GenerationFailed(AgentboltError):
+    """Decoding one request raised an error no check foresaw (logged with its traceback)."""
+
+    http_status = 500
+    code = "generation_failed"
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+MIN_TEMPERATURE = 1e-3  # below it, logits / temperature overflows float32 (1e-50 even rounds to 0)
 
 
 @dataclass
@@ -132,15 +148,22 @@ class Engine:
     # --- requests ------------------------------------------------------------------------------
 
     def check_request(self, request: GenerationRequest) -> None:
-        """Raise :class:`BadInput` when ``request`` cannot run on this model."""
+        """Raise :class:`BadInput` when ``request`` cannot run on this model (its size or sampling parameters)."""
         request.check_fits(self.max_context, self.vocab_size)
+        if request.seed is not None and not SEED_RANGE[0] <= request.seed <= SEED_RANGE[1]:
+            raise BadInput(
+                f"seed {request.seed} is outside the range the engine takes, {SEED_RANGE[0]}..{SEED_RANGE[1]}"
+            )
+        if 0 < request.temperature < MIN_TEMPERATURE:
+            raise BadInput(f"temperature {request.temperature} must be 0 (greedy) or at least {MIN_TEMPERATURE}")
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """Generate a response to ``request``, batched with whatever other requests are in flight.
 
         Raises:
-            BadInput: the request does not fit the model (context length, token ids).
+            BadInput: the request does not fit the model (context length, token ids, sampling parameters).
             EngineClosed: :meth:`close` was called.
+            GenerationFailed: decoding this request raised (other requests of its batch are unaffected).
         """
         self.check_request(request)
         if self._closed:
@@ -258,9 +281,16 @@ class Engine:
         try:
             seqs = self._decode(jobs)
         except Exception as exc:
-            log.exception("batch of %d failed", len(jobs))
+            if len(jobs) == 1:
+                log.exception("generation failed")
+                _deliver(jobs[0], GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"))
+                return
+            # Find the request at fault: each one again on its own, so the others still get their results.
+            log.warning(
+                "batch of %d failed (%s: %s); decoding its requests one by one", len(jobs), type(exc).__name__, exc
+            )
             for job in jobs:
-                _deliver(job, exc)
+                self._run_batch([job])
             return
         for seq in seqs:
             req = seq.job.request

@@ -14,7 +14,8 @@ class GatewayError(AgentboltError):
 
     Args:
         message: what is wrong and what to do about it.
-        status: HTTP status (4xx); it decides the body's ``type`` (:func:`agentbolt.errors.error_type`).
+        status: HTTP status (4xx; 500 for a failure no stage expected); it decides the body's ``type``
+            (:func:`agentbolt.errors.error_type`).
         code: the specific reason (``invalid_value``, ``unsupported_parameter``, ``model_not_found``...).
         param: the request field at fault, if one is.
     """

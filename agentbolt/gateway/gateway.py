@@ -37,6 +37,11 @@ from agentbolt.store import Store
 from agentbolt.types import ChatCompletionRequest, CompletionRequest, GenerationRequest, GenerationResult, ServerConfig
 
 _MAX_RAW_REPLIES = 100_000  # tool-call replies remembered for re-rendering (oldest forgotten first)
+# A prompt of more characters than this many per token of context cannot fit (a token of ordinary text is
+# 3-5 characters; long runs of spaces or symbols pack more into one): it is refused before it is tokenized.
+MAX_CHARS_PER_TOKEN = 16
+# Prompts longer than this (characters) are rendered and tokenized on a worker thread, not the event loop.
+OFF_LOOP_CHARS = 20_000
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +137,28 @@ class Gateway:
         await self.gate.check(context.rollout_id, context.attempt_id)
         return served
 
+    def check_n(self, n: int) -> None:
+        """Raise GatewayError (400, ``param`` n) when ``n`` is above the server's ``max_n``."""
+        if n > self.config.max_n:
+            raise GatewayError(f"n is {n}, above this server's limit of {self.config.max_n}", param="n")
+
+    def check_prompt_chars(self, served: Served, chars: int, param: str) -> None:
+        """Refuse a prompt of ``chars`` characters that cannot fit the context, before it is tokenized.
+
+        Raises:
+            GatewayError: 400 ``context_length_exceeded`` naming the limit.
+        """
+        max_context = served.backend.max_context
+        limit = MAX_CHARS_PER_TOKEN * max_context
+        if chars > limit:
+            raise GatewayError(
+                f"the prompt has {chars} characters, more than can fit the model's context of {max_context} tokens "
+                f"(this gateway refuses prompts over {limit} characters, {MAX_CHARS_PER_TOKEN} per token of context, "
+                "before tokenizing them): shorten the conversation",
+                param=param,
+                code="context_length_exceeded",
+            )
+
     def max_new_tokens(
         self, served: Served, n: int, prompt_ids: list[int], max_tokens: int | None, default_max: int
     ) -> int:
@@ -141,8 +168,7 @@ class Gateway:
             GatewayError: ``n`` over the server's limit, or prompt and ``max_tokens`` over the model's context
                 (code ``context_length_exceeded``).
         """
-        if n > self.config.max_n:
-            raise GatewayError(f"n is {n}, above this server's limit of {self.config.max_n}", param="n")
+        self.check_n(n)
         max_context = served.backend.max_context
         room = max_context - len(prompt_ids)
         if room < 1:

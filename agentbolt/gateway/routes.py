@@ -10,7 +10,7 @@ token-fidelity mismatch, 502/503 the backend failed. A refused call generates no
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +25,7 @@ from agentbolt.gateway.gateway import Gateway, gateway_of
 from agentbolt.gateway.responses import sse
 from agentbolt.gateway.serving_chat import chat_completion, chat_role_chunks, chat_stream_body, prepare_chat
 from agentbolt.gateway.serving_completion import completion, completion_stream_body, prepare_completion
+from agentbolt.gateway.validation import parse_json
 from agentbolt.types import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -35,6 +36,7 @@ from agentbolt.types import (
 )
 from agentbolt.types.openai import ErrorResponse
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["gateway"])
 ATTEMPT_PREFIX = "/rollouts/{rollout_id}/attempts/{attempt_id}"
 
@@ -69,11 +71,7 @@ def openapi_schemas() -> dict[str, Any]:
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise GatewayError(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    return parse_json(await request.body())
 
 
 async def _serve(request: Request, rollout_id: str | None, attempt_id: str | None, chat: bool) -> Response:
@@ -88,12 +86,16 @@ async def _serve(request: Request, rollout_id: str | None, attempt_id: str | Non
     except AgentboltError as exc:
         gateway.refused += 1
         return error_response(exc)
+    except Exception as exc:
+        return error_response(_unexpected(exc))
     if call.stream:
         return StreamingResponse(_stream(gateway, call, chat), media_type="text/event-stream")
     try:
         choices = await gateway.generate(call)
     except AgentboltError as exc:
         return error_response(exc)
+    except Exception as exc:  # a bug behind the gateway: this call gets a JSON 500, the others go on
+        return error_response(_unexpected(exc))
     model = call.served.backend.model_name
     response_body = chat_completion if chat else completion
     return Response(response_body(call, choices, model, call.served.text), media_type="application/json")
@@ -108,9 +110,18 @@ async def _stream(gateway: Gateway, call: Prepared, chat: bool) -> AsyncIterator
     except AgentboltError as exc:
         yield sse(error_body_of(exc))
         return
+    except Exception as exc:
+        yield sse(error_body_of(_unexpected(exc)))
+        return
     body = chat_stream_body if chat else completion_stream_body
     for event in body(call, choices, model, call.served.text):
         yield event
+
+
+def _unexpected(exc: Exception) -> AgentboltError:
+    """A JSON 500 for an exception no stage expected (logged with its traceback)."""
+    logger.error("a gateway call failed unexpectedly", exc_info=exc)
+    return GatewayError(f"the call failed: {type(exc).__name__}: {exc}", status=500, code="internal_error")
 
 
 _CHAT = {

@@ -15,6 +15,7 @@ choices and the usage; then ``data: [DONE]``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from agentbolt.errors import BadInput
 from agentbolt.gateway.attribution import CallContext
 from agentbolt.gateway.call import Choice, Prepared
 from agentbolt.gateway.errors import GatewayError
-from agentbolt.gateway.gateway import Gateway
+from agentbolt.gateway.gateway import OFF_LOOP_CHARS, Gateway
 from agentbolt.gateway.llm_spans import request_attributes
 from agentbolt.gateway.responses import DONE, dumps, fingerprint, logprob_tokens, sse, usage
 from agentbolt.gateway.text import TokenText
@@ -50,7 +51,10 @@ async def prepare_chat(gateway: Gateway, body: Any, context: CallContext) -> Pre
         )
     if req.top_logprobs and not req.logprobs:
         raise GatewayError("top_logprobs needs logprobs set to true", param="top_logprobs")
+    gateway.check_n(req.n)
     messages = [_message_dict(m) for m in req.messages]
+    chars = sum(_message_chars(m) for m in messages)
+    gateway.check_prompt_chars(served, chars, "messages")
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
     tool_choice = (
         req.tool_choice.model_dump()
@@ -70,7 +74,10 @@ async def prepare_chat(gateway: Gateway, body: Any, context: CallContext) -> Pre
     except BadInput as exc:
         raise GatewayError(str(exc), param="messages") from None
     try:
-        prompt_ids = served.text.chat_prompt(rendered)
+        if chars > OFF_LOOP_CHARS:  # a long prompt takes a while to tokenize: let other calls run meanwhile
+            prompt_ids = await asyncio.to_thread(served.text.chat_prompt, rendered)
+        else:
+            prompt_ids = served.text.chat_prompt(rendered)
     except Exception as exc:  # the model's own Jinja template refused (e.g. roles must alternate)
         raise GatewayError(f"the model's chat template cannot render these messages: {exc}", param="messages") from None
     max_new = gateway.max_new_tokens(
@@ -95,6 +102,14 @@ async def prepare_chat(gateway: Gateway, body: Any, context: CallContext) -> Pre
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         fidelity_mismatch=mismatch,
         span_params=request_attributes(req, max_new),
+    )
+
+
+def _message_chars(message: dict[str, Any]) -> int:
+    """Characters of a message that go into the prompt: its content and its tool calls."""
+    calls = message.get("tool_calls") or ()
+    return len(message["content"] or "") + sum(
+        len(c["function"]["arguments"]) + len(c["function"]["name"]) for c in calls
     )
 
 

@@ -88,8 +88,8 @@ class ToolTextFormat(Protocol):
         """An assistant message that made ``calls`` (content first, if any)."""
         ...
 
-    def result(self, name: str | None, call_id: str, content: str) -> str:
-        """One tool result (``name`` None when the call is not known)."""
+    def result(self, name: str | None, call_id: str | None, content: str) -> str:
+        """One tool result (``name`` None when the call is not known, ``call_id`` None when the message has none)."""
         ...
 
     def find_calls(self, text: str, names: list[str]) -> tuple[str, list[dict[str, Any]]] | None:
@@ -135,8 +135,8 @@ class Hermes:
         lines += [format_tool_call(name, arguments) for name, arguments in calls]
         return "\n".join(lines)
 
-    def result(self, name: str | None, call_id: str, content: str) -> str:
-        attributes = (f" name={json.dumps(name)}" if name else "") + f" id={json.dumps(call_id)}"
+    def result(self, name: str | None, call_id: str | None, content: str) -> str:
+        attributes = (f" name={json.dumps(name)}" if name else "") + (f" id={json.dumps(call_id)}" if call_id else "")
         return f"{RESPONSE_OPEN}{attributes}>\n{content}\n{RESPONSE_CLOSE}"
 
     def find_calls(self, text: str, names: list[str]) -> tuple[str, list[dict[str, Any]]] | None:
@@ -266,7 +266,7 @@ class Pythonic:
         listed = ", ".join(_call_text(name, {k: _literal(v) for k, v in args.items()}) for name, args in calls)
         return f"{content}\n[{listed}]" if content else f"[{listed}]"
 
-    def result(self, name: str | None, call_id: str, content: str) -> str:
+    def result(self, name: str | None, call_id: str | None, content: str) -> str:
         return f"{name or 'tool'} result: {content}"
 
     def find_calls(self, text: str, names: list[str]) -> tuple[str, list[dict[str, Any]]] | None:

@@ -356,10 +356,10 @@ def _check_call(call: Any, where: str) -> tuple[str, dict[str, Any], str | None]
 def _render_tool_result(
     message: Mapping[str, Any], where: str, call_names: dict[str, str], text_format: ToolTextFormat
 ) -> str:
-    call_id = message.get("tool_call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise BadInput(f"{where}.tool_call_id is missing: a tool message answers one tool call")
-    name = message.get("name") if isinstance(message.get("name"), str) else call_names.get(call_id)
+    # OpenAI's schema makes tool_call_id optional: without it the result is rendered unlinked to its call.
+    raw_id = message.get("tool_call_id")
+    call_id = raw_id if isinstance(raw_id, str) and raw_id else None
+    name = message.get("name") if isinstance(message.get("name"), str) else call_names.get(call_id or "")
     return text_format.result(name or None, call_id, _text_of(message, where))
 
 

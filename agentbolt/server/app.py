@@ -26,12 +26,12 @@ from agentbolt.gateway.gateway import Gateway
 from agentbolt.gateway.reports import router as gateway_reports_router
 from agentbolt.gateway.routes import openapi_schemas
 from agentbolt.gateway.routes import router as gateway_router
-from agentbolt.server.guards import ApiKeyGuard, BodyLimitGuard
+from agentbolt.server.guards import OPEN_PATHS, ApiKeyGuard, BodyLimitGuard
 from agentbolt.server.queue import AttemptFinishHook, QueueSignals
 from agentbolt.server.queue import router as queue_router
 from agentbolt.server.traces import router as traces_router
 from agentbolt.store import SCHEMA_VERSION, Store
-from agentbolt.types import Health, ServerConfig
+from agentbolt.types import Health, ServerConfig, TraceExportError
 from agentbolt.types.openai import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -156,12 +156,12 @@ def create_app(
 
     api.include_router(queue_router)
     api.include_router(traces_router)
-    schemas = _schemas(ErrorResponse)
+    schemas = {**_schemas(ErrorResponse), **_schemas(TraceExportError)}
     if gateway is not None:
         api.include_router(gateway_router)
         api.include_router(gateway_reports_router)
         schemas.update(openapi_schemas())
-    _customise_openapi(api, schemas)
+    _customise_openapi(api, schemas, keyed=bool(config.api_key))
 
     guarded: Any = BodyLimitGuard(api, config.max_body_bytes)
     if config.api_key:
@@ -170,10 +170,15 @@ def create_app(
     return guarded
 
 
-_VALIDATION_400 = {
-    "description": "Invalid input; `param` names the field.",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_VALIDATION_400 = {"description": "Invalid input; `param` names the field.", "content": _ERROR_CONTENT}
+# What the guards and the path rule answer on any route (see _customise_openapi).
+_GUARD_ERRORS = {
+    "400": _VALIDATION_400,
+    "413": {"description": "Request body over the server's limit (--max-body-bytes).", "content": _ERROR_CONTENT},
 }
+_UNKNOWN_ID_404 = {"description": "No record with the id in the path.", "content": _ERROR_CONTENT}
+_UNAUTHORIZED_401 = {"description": "Missing or wrong API key.", "content": _ERROR_CONTENT}
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
@@ -185,22 +190,30 @@ def _schemas(model: type[BaseModel]) -> dict[str, Any]:
     return schemas
 
 
-def _customise_openapi(api: FastAPI, schemas: dict[str, Any]) -> None:
-    """Put ``schemas`` into the OpenAPI components, and document validation errors as the 400s they are.
+def _customise_openapi(api: FastAPI, schemas: dict[str, Any], keyed: bool) -> None:
+    """Put ``schemas`` into the OpenAPI components, and document the errors every route can answer.
 
     FastAPI documents a 422 on every route that validates its input; this app answers those with a 400
     (:func:`_validation_error`), so each 422 becomes a 400 (unless the route documents its own 400).
+    The guards in front of every route answer 400 (an unreadable Content-Length), 413 (body too large) and,
+    with ``keyed``, 401 (outside ``OPEN_PATHS``); a route with an id in its path answers 404 for an unknown id.
+    A route's own description of a status wins.
     """
     default_openapi = api.openapi
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
             document = default_openapi()
-            for operations in document.get("paths", {}).values():
+            for path, operations in document.get("paths", {}).items():
                 for operation in operations.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses.setdefault("400", _VALIDATION_400)
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    for status, response in _GUARD_ERRORS.items():
+                        responses.setdefault(status, response)
+                    if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+                        responses.setdefault("404", _UNKNOWN_ID_404)
+                    if keyed and path not in OPEN_PATHS:
+                        responses.setdefault("401", _UNAUTHORIZED_401)
             components = document.setdefault("components", {}).setdefault("schemas", {})
             for name in _FASTAPI_VALIDATION_SCHEMAS:
                 components.pop(name, None)

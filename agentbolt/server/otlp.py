@@ -15,6 +15,7 @@ Encodings
     ``"SPAN_KIND_SERVER"`` are accepted too); 64-bit integers may be strings or numbers; field
     names are lowerCamelCase and the original snake_case names are accepted too; unknown fields
     are ignored; ``null`` means "not set". Media-type parameters (``; charset=utf-8``) are ignored.
+    A request without a ``Content-Type`` is read as protobuf, OTLP/HTTP's default encoding.
     The response uses the request's encoding.
 
 Attribution
@@ -43,6 +44,14 @@ Attribute values
     int → ``int``, double → ``float``, array → ``list``, kvlist → ``dict``, bytes → standard
     base64 ``str``, empty → ``None``. A key given twice keeps its last value.
 
+Non-finite numbers
+    A double that is NaN or ±Infinity (protobuf allows them; so do OTLP/JSON's ``"NaN"`` strings) has no
+    JSON form, so it cannot be stored. :func:`drop_non_finite` drops the attribute that holds one (the
+    top-level key, on the span, its resource, events or links) and keeps the rest of the span; a reward
+    span whose ``agentbolt.reward.value`` is not finite is no reward, so that span is rejected whole.
+    The 200 reports both in ``partial_success``: ``rejected_spans`` counts the rejected spans and
+    ``error_message`` names every dropped attribute, so nothing is dropped silently.
+
 Errors
     Every problem raises :class:`~agentbolt.errors.BadInput` naming the span (its index in the
     request, counting from 0, and its name) and the field: an unsupported content type or content
@@ -57,22 +66,34 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from agentbolt.errors import BadInput, PayloadTooLarge, UnsupportedMediaType
+from agentbolt.semconv import REWARD_VALUE
 from agentbolt.server.otlp_json import decode_json
 from agentbolt.server.otlp_protobuf import decode_protobuf
-from agentbolt.types import SpanIn
+from agentbolt.types import SpanIn, non_finite_path
 
-__all__ = ["JSON", "PROTOBUF", "decode_trace_request", "decompress", "encode_trace_response"]
+__all__ = [
+    "JSON",
+    "PROTOBUF",
+    "Screened",
+    "decode_trace_request",
+    "decompress",
+    "drop_non_finite",
+    "encode_trace_response",
+    "is_protobuf",
+]
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 _Encoding = Literal["protobuf", "json"]
 _MEDIA_TYPES: dict[str, _Encoding] = {
+    "": "protobuf",  # no Content-Type: OTLP/HTTP's default encoding
     "application/x-protobuf": "protobuf",
     "application/protobuf": "protobuf",
     "application/json": "json",
@@ -123,6 +144,52 @@ def encode_trace_response(content_type: str, rejected_spans: int = 0, error_mess
             success["errorMessage"] = error_message
         document["partialSuccess"] = success
     return json.dumps(document, separators=(",", ":")).encode(), JSON
+
+
+def is_protobuf(content_type: str) -> bool:
+    """Whether a request of this ``Content-Type`` is answered in protobuf (no Content-Type counts as protobuf)."""
+    return _MEDIA_TYPES.get(content_type.split(";", 1)[0].strip().lower()) == "protobuf"
+
+
+@dataclass
+class Screened:
+    """What :func:`drop_non_finite` kept, and what it dropped, for the response's ``partial_success``."""
+
+    spans: list[SpanIn]
+    rejected_spans: int = 0
+    dropped: list[str] = field(default_factory=list)  # "span 0 ('name'): attributes['key']", one a problem
+
+    def message(self) -> str:
+        if not self.dropped:
+            return ""
+        shown = "; ".join(self.dropped[:20]) + ("; ..." if len(self.dropped) > 20 else "")
+        return (
+            f"{len(self.dropped)} value(s) were NaN or Infinity, which cannot be stored (spans rejected: "
+            f"{self.rejected_spans}; otherwise the attribute was dropped and the span kept): {shown}"
+        )
+
+
+def drop_non_finite(spans: list[SpanIn]) -> Screened:
+    """Drop the attributes that hold NaN/±Infinity, and reward spans whose reward value is not finite.
+
+    The rules are in this module's docstring (*Non-finite numbers*); every drop is named in the result.
+    """
+    screened = Screened(spans=[])
+    for index, span in enumerate(spans):
+        where = f"span {index} ({span.name!r})"
+        if non_finite_path(span.attributes.get(REWARD_VALUE)) is not None:
+            screened.rejected_spans += 1
+            screened.dropped.append(f"{where}: attributes[{REWARD_VALUE!r}] (the reward span was rejected)")
+            continue
+        bags = [("attributes", span.attributes), ("resource", span.resource)]
+        bags += [(f"events[{i}].attributes", event.attributes) for i, event in enumerate(span.events)]
+        bags += [(f"links[{i}].attributes", link.attributes) for i, link in enumerate(span.links)]
+        for name, bag in bags:
+            for key in [key for key, value in bag.items() if non_finite_path(value) is not None]:
+                del bag[key]
+                screened.dropped.append(f"{where}: {name}[{key!r}]")
+        screened.spans.append(span)
+    return screened
 
 
 def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:

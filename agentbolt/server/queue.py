@@ -10,7 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel
@@ -27,6 +27,7 @@ from agentbolt.types import (
     ModelVersion,
     ModelVersionCreate,
     Page,
+    QueryOffset,
     RewardCreate,
     Rollout,
     RolloutCreate,
@@ -41,8 +42,22 @@ from agentbolt.types import (
     WaitResult,
     Worker,
 )
+from agentbolt.types.openai import ErrorResponse
+from agentbolt.types.queue import AttemptRelease
 
 router = APIRouter(prefix="/api", tags=["queue"])
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid input; `param` names the field.",
+    404: "No rollout (or attempt) with that id.",
+    409: "The change clashes with stored state: an id that exists already, or a move the lifecycle forbids.",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of the errors a route answers, each with the one error body."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
 
 # Workers in other server processes (PostgreSQL) cannot signal us, so long-polls also re-check this often.
 _POLL_S = 0.5
@@ -102,7 +117,7 @@ def _finish_hooks(request: Request) -> Sequence[AttemptFinishHook]:
     return hooks
 
 
-@router.post("/rollouts", response_model=Rollout, status_code=201)
+@router.post("/rollouts", response_model=Rollout, status_code=201, responses=_errors(400, 409))
 async def enqueue_rollout(request: Request, body: RolloutCreate) -> Rollout:
     """Enqueue one rollout of a task."""
     [rollout] = await _store(request).enqueue([body])
@@ -110,7 +125,7 @@ async def enqueue_rollout(request: Request, body: RolloutCreate) -> Rollout:
     return rollout
 
 
-@router.post("/rollouts/batch", response_model=list[Rollout], status_code=201)
+@router.post("/rollouts/batch", response_model=list[Rollout], status_code=201, responses=_errors(400, 409))
 async def enqueue_rollouts(
     request: Request, body: Annotated[list[RolloutCreate], Body(max_length=10_000)]
 ) -> list[Rollout]:
@@ -122,7 +137,7 @@ async def enqueue_rollouts(
     return rollouts
 
 
-@router.get("/rollouts", response_model=Page[Rollout])
+@router.get("/rollouts", response_model=Page[Rollout], responses=_errors(400))
 async def list_rollouts(
     request: Request,
     status: Annotated[list[RolloutStatus] | None, Query()] = None,
@@ -130,7 +145,7 @@ async def list_rollouts(
     group_id: str | None = None,
     rollout_id: Annotated[list[str] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[QueryOffset, Query()] = 0,
     with_attempts: bool = False,
 ) -> Page[Rollout]:
     """Query rollouts, oldest first, with filters and pagination."""
@@ -146,19 +161,19 @@ async def list_rollouts(
     return await _store(request).query_rollouts(query)
 
 
-@router.get("/rollouts/{rollout_id}", response_model=Rollout)
+@router.get("/rollouts/{rollout_id}", response_model=Rollout, responses=_errors(404))
 async def get_rollout(request: Request, rollout_id: str) -> Rollout:
     """One rollout with its attempts."""
     return await _store(request).get_rollout(rollout_id, with_attempts=True)
 
 
-@router.post("/rollouts/{rollout_id}/cancel", response_model=Rollout)
+@router.post("/rollouts/{rollout_id}/cancel", response_model=Rollout, responses=_errors(404, 409))
 async def cancel_rollout(request: Request, rollout_id: str) -> Rollout:
     """Cancel a queuing or running rollout."""
     return await _store(request).cancel(rollout_id)
 
 
-@router.post("/rollouts/read", response_model=list[RolloutWithSpans])
+@router.post("/rollouts/read", response_model=list[RolloutWithSpans], responses=_errors(400, 404))
 async def read_rollouts(request: Request, body: RolloutsRead) -> Response:
     """Rollouts with their attempts and every stored span, in the order given, in one read.
 
@@ -170,7 +185,7 @@ async def read_rollouts(request: Request, body: RolloutsRead) -> Response:
     return Response(body_json, media_type="application/json")
 
 
-@router.post("/rollouts/wait", response_model=WaitResult)
+@router.post("/rollouts/wait", response_model=WaitResult, responses=_errors(400, 404))
 async def wait_rollouts(request: Request, body: WaitRequest) -> WaitResult:
     """Wait until the given rollouts are finished, or the timeout passes."""
     return await _store(request).wait_for_rollouts(body.rollout_ids, body.timeout_s)
@@ -179,7 +194,7 @@ async def wait_rollouts(request: Request, body: WaitRequest) -> WaitResult:
 @router.post(
     "/dequeue",
     response_model=Claim,
-    responses={204: {"description": "No rollout was queued within wait_s."}},
+    responses={204: {"description": "No rollout was queued within wait_s."}, **_errors(400)},
 )
 async def dequeue(request: Request, body: DequeueRequest) -> Response:
     """Claim the oldest queued rollout: a new attempt is created and owned by ``worker_id``.
@@ -198,7 +213,9 @@ async def dequeue(request: Request, body: DequeueRequest) -> Response:
         await signals.wait(min(remaining, _POLL_S))
 
 
-@router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/heartbeat", status_code=204)
+@router.post(
+    "/rollouts/{rollout_id}/attempts/{attempt_id}/heartbeat", status_code=204, responses=_errors(400, 404, 409)
+)
 async def heartbeat(
     request: Request, rollout_id: str, attempt_id: str, body: HeartbeatRequest | None = None
 ) -> Response:
@@ -207,13 +224,18 @@ async def heartbeat(
     return Response(status_code=204)
 
 
-@router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/finish", response_model=Rollout)
+@router.post(
+    "/rollouts/{rollout_id}/attempts/{attempt_id}/finish", response_model=Rollout, responses=_errors(400, 404, 409)
+)
 async def finish_attempt(request: Request, rollout_id: str, attempt_id: str, body: AttemptFinish) -> Response:
     """End an attempt as succeeded or failed (with error details); the rollout moves on per its config.
 
     The attempt-finish hooks run around it (:class:`AttemptFinishHook`): with the gateway, the attempt's
     LLM-call spans still waiting for their batched write are stored first, so a finished rollout's spans
     are all there, and the attempt's later LLM calls are refused after.
+
+    Idempotent, so a worker may retry it after a lost response: repeating the finish that ended the attempt
+    (same status and error) answers 200 with the rollout; 409 if the attempt had ended otherwise.
     """
     hooks = _finish_hooks(request)
     for hook in hooks:
@@ -226,13 +248,36 @@ async def finish_attempt(request: Request, rollout_id: str, attempt_id: str, bod
     return _json(rollout)
 
 
-@router.get("/rollouts/{rollout_id}/spans", response_model=Page[Span])
+@router.post(
+    "/rollouts/{rollout_id}/attempts/{attempt_id}/release", response_model=Rollout, responses=_errors(400, 404, 409)
+)
+async def release_attempt(
+    request: Request, rollout_id: str, attempt_id: str, body: AttemptRelease | None = None
+) -> Response:
+    """Give a running attempt back unfinished (its worker is shutting down); the rollout is requeued at once.
+
+    The attempt ends as ``failed`` with ``error.type`` ``agentbolt.released``; the rollout goes back to
+    ``queuing`` whatever its ``retry_on``, and the released attempt is not counted against ``max_attempts``.
+    The attempt-finish hooks run around it as for a finish. Repeating a release answers 200 again; 409 if the
+    attempt had already ended otherwise.
+    """
+    hooks = _finish_hooks(request)
+    for hook in hooks:
+        await hook.before_finish(rollout_id, attempt_id)
+    rollout = await _store(request).release_attempt(rollout_id, attempt_id, body or AttemptRelease())
+    for hook in hooks:
+        await hook.after_finish(rollout_id, attempt_id)
+    _signals(request).wake()
+    return _json(rollout)
+
+
+@router.get("/rollouts/{rollout_id}/spans", response_model=Page[Span], responses=_errors(400, 404))
 async def list_spans(
     request: Request,
     rollout_id: str,
     attempt_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[QueryOffset, Query()] = 0,
 ) -> Page[Span]:
     """A rollout's spans, ordered by attempt and sequence id."""
     store = _store(request)
@@ -240,7 +285,9 @@ async def list_spans(
     return await store.query_spans(rollout_id, attempt_id, limit=limit, offset=offset)
 
 
-@router.post("/rollouts/{rollout_id}/rewards", response_model=AddSpansResult, status_code=201)
+@router.post(
+    "/rollouts/{rollout_id}/rewards", response_model=AddSpansResult, status_code=201, responses=_errors(400, 404)
+)
 async def add_reward(request: Request, rollout_id: str, body: RewardCreate) -> AddSpansResult:
     """Record a reward from outside the agent (e.g. a judge), stored as a reward span.
 
@@ -282,13 +329,15 @@ async def list_workers(request: Request) -> list[Worker]:
     return await _store(request).list_workers()
 
 
-@router.post("/model-versions", response_model=ModelVersion, status_code=201, tags=["model"])
+@router.post(
+    "/model-versions", response_model=ModelVersion, status_code=201, tags=["model"], responses=_errors(400, 409)
+)
 async def add_model_version(request: Request, body: ModelVersionCreate) -> ModelVersion:
     """Record that the engine now serves new weights (the trainer calls this after each update)."""
     return await _store(request).add_model_version(body)
 
 
-@router.get("/model-versions/latest", response_model=ModelVersion, tags=["model"])
+@router.get("/model-versions/latest", response_model=ModelVersion, tags=["model"], responses=_errors(404))
 async def latest_model_version(request: Request) -> ModelVersion:
     """The newest model version record."""
     latest = await _store(request).latest_model_version()

@@ -8,6 +8,11 @@ there; ``Store`` runs it. Every status change is checked against :mod:`agentbolt
 - Cancelled and expired attempts clear the worker's ``current_attempt_id``; ``attempts_done``
   counts only attempts the worker itself finished.
 - Row locks are taken in the order rollout, attempt, worker, so transactions do not deadlock.
+- Finishing and releasing are idempotent: repeating the call that ended an attempt (same status, same
+  error) answers the rollout again, so a worker may retry it after a lost response.
+- A released attempt (its worker shut down, :func:`release_attempt`) ends as ``failed`` with
+  ``error.type`` ``RELEASED_ERROR_TYPE``, requeues its rollout at once, and is not counted against
+  ``max_attempts`` (:func:`_attempts_counted`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from agentbolt.types import (
     RolloutMode,
     RolloutStatus,
 )
+from agentbolt.types.queue import RELEASED_ERROR_TYPE, AttemptRelease, ErrorInfo
 
 _R = RolloutStatus
 _A = AttemptStatus
@@ -139,6 +145,40 @@ def _release_worker(finished_by_worker: bool) -> sa.Update:
 
 _WORKER_FINISHED = _release_worker(finished_by_worker=True)
 _WORKER_RELEASED = _release_worker(finished_by_worker=False)
+_ENDED_ATTEMPT = sa.select(attempts.c.status, attempts.c.error, attempts.c.worker_id).where(
+    attempts.c.attempt_id == bindparam("b_attempt_id"), attempts.c.rollout_id == bindparam("b_rollout_id")
+)
+_GET_ROLLOUT = sa.select(rollouts).where(rollouts.c.rollout_id == bindparam("b_rollout_id"))
+# ErrorInfo serialises ``type`` first, so a released attempt's stored error starts with this.
+_RELEASED_ERROR_PREFIX = '{"type":"' + RELEASED_ERROR_TYPE + '",%'
+_COUNT_RELEASED = sa.select(sa.func.count()).where(
+    attempts.c.rollout_id == bindparam("b_rollout_id"),
+    attempts.c.status == _A.FAILED.value,
+    attempts.c.error.like(_RELEASED_ERROR_PREFIX),
+)
+
+
+def _attempts_counted(
+    conn: Connection, rollout_id: str, config: RolloutConfig, status: AttemptStatus, made: int
+) -> int:
+    """The attempts that count against ``max_attempts``: ``made`` less the released ones.
+
+    Released attempts are only counted (one indexed query) when they could change the outcome.
+    """
+    if status.value not in config.retry_on or made < config.max_attempts:
+        return made
+    released: int = conn.execute(_COUNT_RELEASED, {"b_rollout_id": rollout_id}).scalar_one()
+    return made - released
+
+
+def _repeated_end(
+    conn: Connection, rollout_id: str, attempt_id: str, status: AttemptStatus, error: str | None
+) -> Rollout | None:
+    """The rollout, when the attempt already ended exactly so (a retried finish or release); else None."""
+    row = conn.execute(_ENDED_ATTEMPT, {"b_attempt_id": attempt_id, "b_rollout_id": rollout_id}).first()
+    if row is None or row.status != status.value or row.error != error:
+        return None
+    return rollout_from_row(conn.execute(_GET_ROLLOUT, {"b_rollout_id": rollout_id}).one())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,30 +301,40 @@ def heartbeat(conn: Connection, rollout_id: str, attempt_id: str, worker_id: str
     return attempt_from_row(row)
 
 
-def finish_attempt(conn: Connection, rollout_id: str, attempt_id: str, finish: AttemptFinish) -> Rollout:
-    """End a running attempt and move its rollout on (see ``Store.finish_attempt``)."""
-    new_status = AttemptStatus(finish.status)
-    error = finish.error.model_dump_json() if finish.error is not None else None
-    now = time.time()
+def _end_running_attempt(
+    conn: Connection, rollout_id: str, attempt_id: str, status: AttemptStatus, error: str | None, now: float
+) -> tuple[Any, Any]:
+    """Lock the rollout and end its attempt if still running: (the locked rollout, the ended attempt or None).
+
+    Raises NotFound for an unknown rollout.
+    """
     locked = conn.execute(_LOCK_ROLLOUT, {"rollout_id": rollout_id}).first()
     if locked is None:
         raise NotFound(f"rollout {rollout_id} does not exist")
     ended = conn.execute(
         _END_ATTEMPT_RETURNING,
-        {
-            "b_attempt_id": attempt_id,
-            "b_rollout_id": rollout_id,
-            "b_status": new_status.value,
-            "b_ended_at": now,
-            "b_error": error,
-        },
-    ).first()
+        {"b_attempt_id": attempt_id, "b_rollout_id": rollout_id, "b_status": status.value, "b_ended_at": now,
+         "b_error": error},
+    ).first()  # fmt: skip
+    return locked, ended
+
+
+def finish_attempt(conn: Connection, rollout_id: str, attempt_id: str, finish: AttemptFinish) -> Rollout:
+    """End a running attempt and move its rollout on (see ``Store.finish_attempt``)."""
+    new_status = AttemptStatus(finish.status)
+    error = finish.error.model_dump_json() if finish.error is not None else None
+    now = time.time()
+    locked, ended = _end_running_attempt(conn, rollout_id, attempt_id, new_status, error, now)
     if ended is None:
+        repeated = _repeated_end(conn, rollout_id, attempt_id, new_status, error)
+        if repeated is not None:
+            return repeated
         # Not running any more (or not this rollout's): say which.
         check_attempt_move(attempt_id, attempt_status(conn, rollout_id, attempt_id), new_status)
         raise IllegalTransition(f"attempt {attempt_id} of rollout {rollout_id} is not running")
     config = RolloutConfig.model_validate_json(locked.config)
-    next_status = rollout_after_attempt(config, new_status, locked.num_attempts)
+    counted = _attempts_counted(conn, rollout_id, config, new_status, locked.num_attempts)
+    next_status = rollout_after_attempt(config, new_status, counted)
     check_rollout_move(rollout_id, RolloutStatus(locked.status), next_status)
     row = conn.execute(
         _MOVE_ROLLOUT_RETURNING,
@@ -297,6 +347,35 @@ def finish_attempt(conn: Connection, rollout_id: str, attempt_id: str, finish: A
     ).one()
     if ended.worker_id is not None:
         conn.execute(_WORKER_FINISHED, {"b_worker_id": ended.worker_id, "b_attempt_id": attempt_id, "b_now": now})
+    return rollout_from_row(row)
+
+
+def release_attempt(conn: Connection, rollout_id: str, attempt_id: str, release: AttemptRelease) -> Rollout:
+    """Give a running attempt back and requeue its rollout at once (see ``Store.release_attempt``)."""
+    error = ErrorInfo(type=RELEASED_ERROR_TYPE, message=release.reason).model_dump_json()
+    locked, ended = _end_running_attempt(conn, rollout_id, attempt_id, _A.FAILED, error, time.time())
+    if ended is None:
+        repeated = _repeated_end(conn, rollout_id, attempt_id, _A.FAILED, error)
+        if repeated is not None:
+            return repeated
+        status = attempt_status(conn, rollout_id, attempt_id)
+        raise IllegalTransition(
+            f"attempt {attempt_id} of rollout {rollout_id} is already {status.value}; "
+            "only a running attempt can be released"
+        )
+    if release.worker_id is not None and ended.worker_id is not None and release.worker_id != ended.worker_id:
+        raise Conflict(
+            f"attempt {attempt_id} belongs to worker {ended.worker_id}, not {release.worker_id}; "
+            "a worker may only release attempts it dequeued"
+        )
+    check_attempt_move(attempt_id, _A.RUNNING, _A.FAILED)
+    check_rollout_move(rollout_id, RolloutStatus(locked.status), _R.QUEUING)
+    row = conn.execute(
+        _MOVE_ROLLOUT_RETURNING,
+        {"b_rollout_id": rollout_id, "b_status": _R.QUEUING.value, "b_finished_at": None, "b_reward": None},
+    ).one()
+    if ended.worker_id is not None:
+        conn.execute(_WORKER_RELEASED, {"b_worker_id": ended.worker_id, "b_attempt_id": attempt_id})
     return rollout_from_row(row)
 
 
@@ -365,7 +444,8 @@ def expire_attempts(conn: Connection, now: float) -> list[Attempt]:
         status = _A.TIMEOUT if timed_out else _A.UNRESPONSIVE
         check_attempt_move(row.attempt_id, AttemptStatus(row.status), status)
         config = RolloutConfig.model_validate_json(row.config)
-        next_status = rollout_after_attempt(config, status, row.num_attempts)
+        counted = _attempts_counted(conn, row.rollout_id, config, status, row.num_attempts)
+        next_status = rollout_after_attempt(config, status, counted)
         check_rollout_move(row.rollout_id, RolloutStatus(row.rollout_status), next_status)
         attempt_updates.append(
             {

@@ -56,6 +56,7 @@ from agentbolt.types import (
     WaitResult,
     Worker,
 )
+from agentbolt.types.queue import AttemptRelease
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,15 @@ class Store:
             raise Conflict(f"the change clashes with stored data: {_reason(e)}") from e
         except sa_exc.DataError as e:
             raise BadInput(f"the database refused a value: {_reason(e)}") from e
+        except OverflowError as e:  # SQLite's driver, before the database sees the value; the types bound it first
+            raise BadInput(f"a number is too large for the store (a signed 64-bit integer at most): {e}") from e
         except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as e:
             raise StoreUnavailable(f"the store at {self.url} is unavailable: {_reason(e)}") from e
         except sa_exc.DBAPIError as e:
             if e.connection_invalidated:
                 raise StoreUnavailable(f"lost the connection to the store at {self.url}: {_reason(e)}") from e
+            if _is_data_exception(e):  # asyncpg refuses an out-of-range argument as a generic driver error
+                raise BadInput(f"the database refused a value: {_reason(e)}") from e
             raise
         raise StoreUnavailable(f"the store at {self.url} is not open; call `await store.open()` first")
 
@@ -210,11 +215,22 @@ class Store:
     async def finish_attempt(self, rollout_id: str, attempt_id: str, finish: AttemptFinish) -> Rollout:
         """End a running attempt; succeed, requeue or fail the rollout per its config.
 
-        Sets the rollout's reward when ``finish.reward`` is given. Raises NotFound, and
-        IllegalTransition if the attempt is no longer running (e.g. the watchdog timed it out).
+        Sets the rollout's reward when ``finish.reward`` is given. Idempotent: repeating the finish that
+        ended the attempt (same status and error) answers the rollout again. Raises NotFound, and
+        IllegalTransition if the attempt ended otherwise (e.g. the watchdog timed it out).
         """
         check_attempt_move(attempt_id, AttemptStatus.RUNNING, AttemptStatus(finish.status))
         return await self._write(queue.finish_attempt, rollout_id, attempt_id, finish)
+
+    async def release_attempt(self, rollout_id: str, attempt_id: str, release: AttemptRelease) -> Rollout:
+        """Give a running attempt back unfinished (its worker is shutting down): requeue the rollout at once.
+
+        The attempt ends as failed with ``error.type`` ``RELEASED_ERROR_TYPE``; the rollout becomes queuing
+        whatever its ``retry_on``, and the released attempt is not counted against ``max_attempts``. Repeating
+        a release answers the rollout again. Raises NotFound, IllegalTransition if the attempt had already
+        ended otherwise, Conflict if ``release.worker_id`` is not its worker.
+        """
+        return await self._write(queue.release_attempt, rollout_id, attempt_id, release)
 
     async def cancel(self, rollout_id: str) -> Rollout:
         """Cancel a queuing or running rollout (its running attempt becomes cancelled).
@@ -346,6 +362,16 @@ class Store:
     async def latest_model_version(self) -> ModelVersion | None:
         """The record with the highest version number, or None if there is none."""
         return await self._read(records.latest_model_version)
+
+
+def _is_data_exception(error: sa_exc.DBAPIError) -> bool:
+    """Whether the driver's error is SQL's class 22, *data exception* (a value out of range, bad input)."""
+    cause: BaseException | None = error.orig
+    while cause is not None:
+        if str(getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None) or "").startswith("22"):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _reason(error: BaseException) -> str:

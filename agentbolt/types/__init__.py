@@ -14,9 +14,17 @@ per-attempt sequence number. ``from agentbolt.types import X`` works for every X
 """
 
 from agentbolt.types.base import (
+    INT32_MAX,
+    INT64_MAX,
     POLICY_MODEL,
+    FiniteFloat,
+    FiniteJSON,
     JSONValue,
+    Nanos,
+    QueryOffset,
     RolloutMode,
+    StoreInt,
+    non_finite_path,
 )
 from agentbolt.types.config import (
     DEFAULT_LORA_TARGETS,
@@ -113,10 +121,13 @@ from agentbolt.types.spans import (
     SpanLink,
     SpanStatus,
     SpanStatusCode,
+    TraceExportError,
 )
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
+    "INT32_MAX",
+    "INT64_MAX",
     "LLM",
     "POLICY_MODEL",
     "AIRConfig",
@@ -147,6 +158,8 @@ __all__ = [
     "ErrorObject",
     "ErrorResponse",
     "FidelityReport",
+    "FiniteFloat",
+    "FiniteJSON",
     "FunctionDefinition",
     "GatewayStats",
     "GenerationRequest",
@@ -161,7 +174,9 @@ __all__ = [
     "ModelList",
     "ModelVersion",
     "ModelVersionCreate",
+    "Nanos",
     "Page",
+    "QueryOffset",
     "RLConfig",
     "ResponseFormat",
     "RetryableStatus",
@@ -184,6 +199,7 @@ __all__ = [
     "SpanLink",
     "SpanStatus",
     "SpanStatusCode",
+    "StoreInt",
     "StreamOptions",
     "TaskSource",
     "TokenLogprob",
@@ -195,6 +211,7 @@ __all__ = [
     "ToolDefinition",
     "ToolOutcome",
     "TopLogprob",
+    "TraceExportError",
     "TrainConfig",
     "TrainerCheckpoint",
     "TrainerConfig",
@@ -203,4 +220,5 @@ __all__ = [
     "WaitRequest",
     "WaitResult",
     "Worker",
+    "non_finite_path",
 ]

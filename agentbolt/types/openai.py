@@ -52,7 +52,7 @@ class ChatMessage(_OpenAIModel):
     content: str | list[ChatContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
+    tool_call_id: str | None = None  # a tool result without one is rendered without an id
     # Echoed back by clients that append a returned message as is; only empty values are accepted.
     refusal: str | None = None
     annotations: list[JSONValue] | None = None
@@ -61,8 +61,6 @@ class ChatMessage(_OpenAIModel):
 
     @model_validator(mode="after")
     def _role_rules(self) -> ChatMessage:
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a message with role 'tool' needs 'tool_call_id'")
         if self.role != "assistant" and self.tool_calls:
             raise ValueError(f"only assistant messages carry tool_calls (this one has role {self.role!r})")
         if self.role == "assistant":
@@ -136,12 +134,13 @@ class _SamplingFields(_OpenAIModel):
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
         stops = [v] if isinstance(v, str) else (v or [])
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("stop must be at most 16 non-empty strings")
+        if len(stops) > 16:
+            raise ValueError("stop must be at most 16 strings")
         return v
 
     def stop_strings(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        """The stop strings, without empty ones (an empty string stops nothing)."""
+        return [s for s in ([self.stop] if isinstance(self.stop, str) else (self.stop or [])) if s]
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -8,9 +8,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Generic, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from agentbolt.types.base import JSONValue, RolloutMode, _Model
+from agentbolt.types.base import FiniteFloat, FiniteJSON, JSONValue, QueryOffset, RolloutMode, StoreInt, _Model
 from agentbolt.types.spans import Span
 
 
@@ -43,23 +43,27 @@ class AttemptStatus(str, Enum):
         return self is not AttemptStatus.RUNNING
 
 
+# A dead worker's attempts are requeued this long after its last heartbeat (workers beat 4x as often).
+DEFAULT_HEARTBEAT_TIMEOUT_S = 15.0
+
 RetryableStatus = Literal["failed", "timeout", "unresponsive"]
 _DEFAULT_RETRY_ON: tuple[RetryableStatus, ...] = ("timeout", "unresponsive")
-
 
 
 class RolloutConfig(_Model):
     """How a rollout's attempts are run and retried."""
 
-    timeout_s: float | None = Field(
+    timeout_s: FiniteFloat | None = Field(
         default=None, gt=0, description="Wall-clock limit of one attempt; None means no limit."
     )
-    heartbeat_timeout_s: float | None = Field(
-        default=60.0,
+    heartbeat_timeout_s: FiniteFloat | None = Field(
+        default=DEFAULT_HEARTBEAT_TIMEOUT_S,
         gt=0,
         description="An attempt with no heartbeat for this long is marked unresponsive; None disables.",
     )
-    max_attempts: int = Field(default=1, ge=1, le=100, description="Attempts allowed before the rollout fails.")
+    max_attempts: int = Field(
+        default=1, strict=True, ge=1, le=100, description="Attempts allowed before the rollout fails."
+    )
     retry_on: list[RetryableStatus] = Field(
         default_factory=lambda: list(_DEFAULT_RETRY_ON),
         description="Attempt outcomes that requeue the rollout while attempts remain.",
@@ -69,16 +73,16 @@ class RolloutConfig(_Model):
 class RolloutCreate(_Model):
     """A request to enqueue one rollout of a task."""
 
-    input: JSONValue = Field(description="The task: any JSON value handed to the agent function.")
+    input: FiniteJSON = Field(description="The task: any JSON value handed to the agent function.")
     mode: RolloutMode = "train"
     group_id: str | None = Field(
         default=None, max_length=200, description="Shared by rollouts of the same task (a GRPO group)."
     )
-    model_version: int | None = Field(
-        default=None, ge=0, description="Model version the rollout should run on; None means latest."
+    model_version: StoreInt | None = Field(
+        default=None, description="Model version the rollout should run on; None means latest."
     )
     config: RolloutConfig = Field(default_factory=RolloutConfig)
-    metadata: dict[str, JSONValue] = Field(default_factory=dict)
+    metadata: dict[str, FiniteJSON] = Field(default_factory=dict)
     rollout_id: str | None = Field(
         default=None,
         min_length=1,
@@ -135,8 +139,12 @@ class Claim(_Model):
 
 class DequeueRequest(_Model):
     worker_id: str = Field(min_length=1, max_length=200)
-    modes: list[RolloutMode] | None = Field(default=None, description="Only these modes; None means any.")
-    wait_s: float = Field(default=0.0, ge=0, le=60, description="Long-poll: wait this long for a rollout.")
+    modes: list[RolloutMode] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these modes; None means any. An empty list could match nothing, so it is refused.",
+    )
+    wait_s: FiniteFloat = Field(default=0.0, ge=0, le=60, description="Long-poll: wait this long for a rollout.")
 
 
 class HeartbeatRequest(_Model):
@@ -148,14 +156,23 @@ class AttemptFinish(_Model):
 
     status: Literal["succeeded", "failed"]
     error: ErrorInfo | None = None
-    reward: float | None = Field(default=None, description="Final reward, if the agent returned one.")
+    reward: FiniteFloat | None = Field(default=None, description="Final reward, if the agent returned one.")
 
-    @field_validator("reward")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and v != v:  # NaN
-            raise ValueError("reward must be a finite number")
-        return v
+
+# The ``error.type`` of an attempt its worker released (``AttemptRelease``): a dotted name no exception has.
+RELEASED_ERROR_TYPE = "agentbolt.released"
+
+
+class AttemptRelease(_Model):
+    """A worker's report that it gives an unfinished attempt back (it is shutting down).
+
+    The attempt ends as ``failed`` with ``error.type`` :data:`RELEASED_ERROR_TYPE` and the rollout goes back
+    to ``queuing`` at once, whatever its ``retry_on``; a released attempt does not count against
+    ``max_attempts``.
+    """
+
+    worker_id: str | None = Field(default=None, max_length=200, description="The runner that dequeued it.")
+    reason: str = Field(default="the worker shut down", max_length=2_000)
 
 
 # Rewards, workers, model versions
@@ -165,8 +182,8 @@ class RewardCreate(_Model):
     """A reward reported outside the agent's own tracing (e.g. by a judge after the rollout)."""
 
     attempt_id: str | None = Field(default=None, description="Defaults to the rollout's latest attempt.")
-    value: float | None = Field(default=None, description="Scalar reward; or give ``dimensions``.")
-    dimensions: dict[str, float] = Field(default_factory=dict, description="Named reward dimensions.")
+    value: FiniteFloat | None = Field(default=None, description="Scalar reward; or give ``dimensions``.")
+    dimensions: dict[str, FiniteFloat] = Field(default_factory=dict, description="Named reward dimensions.")
     primary: str | None = Field(default=None, description="Which dimension is the primary reward.")
     final: bool = Field(default=True, description="Whether this is the episode's final reward.")
 
@@ -199,10 +216,10 @@ class Worker(_Model):
 class ModelVersionCreate(_Model):
     """A record that the engine serves new weights (written by the trainer after each update)."""
 
-    version: int = Field(ge=0)
+    version: StoreInt
     model: str = Field(min_length=1, max_length=500, description="Model name the gateway serves it as.")
     checkpoint: str | None = Field(default=None, description="Where the weights are (path or URI).")
-    metadata: dict[str, JSONValue] = Field(default_factory=dict)
+    metadata: dict[str, FiniteJSON] = Field(default_factory=dict)
 
 
 class ModelVersion(ModelVersionCreate):
@@ -227,13 +244,13 @@ class RolloutQuery(_Model):
     group_id: str | None = None
     rollout_ids: list[str] | None = None
     limit: int = Field(default=100, ge=1, le=10_000)
-    offset: int = Field(default=0, ge=0)
+    offset: QueryOffset = 0
     with_attempts: bool = False
 
 
 class WaitRequest(_Model):
     rollout_ids: list[str] = Field(min_length=1, max_length=10_000)
-    timeout_s: float = Field(default=30.0, ge=0, le=600)
+    timeout_s: FiniteFloat = Field(default=30.0, ge=0, le=600)
 
 
 class WaitResult(_Model):

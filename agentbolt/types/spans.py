@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agentbolt.types.base import JSONValue, _Model
+from agentbolt.types.base import JSONValue, Nanos, _Model
+from agentbolt.types.openai import ErrorObject
 
 
 class SpanStatusCode(str, Enum):
@@ -26,7 +27,7 @@ class SpanStatus(_Model):
 
 class SpanEvent(_Model):
     name: str
-    time_ns: int = Field(ge=0)
+    time_ns: Nanos
     attributes: dict[str, JSONValue] = Field(default_factory=dict)
 
 
@@ -52,8 +53,8 @@ class SpanIn(_Model):
     parent_id: str | None = Field(default=None, pattern=_HEX16)
     name: str = Field(max_length=1000)
     kind: SpanKind = "INTERNAL"
-    start_time_ns: int = Field(ge=0)
-    end_time_ns: int = Field(ge=0)
+    start_time_ns: Nanos
+    end_time_ns: Nanos
     attributes: dict[str, JSONValue] = Field(default_factory=dict)
     events: list[SpanEvent] = Field(default_factory=list)
     links: list[SpanLink] = Field(default_factory=list)
@@ -77,3 +78,11 @@ class Span(SpanIn):
 class AddSpansResult(_Model):
     inserted: int
     duplicates: int = Field(description="Spans already stored (same trace id and span id); kept once.")
+
+
+class TraceExportError(_Model):
+    """The JSON body of a refused ``POST /v1/traces``: a ``google.rpc.Status`` plus agentbolt's error object."""
+
+    code: int = Field(description="The google.rpc.Code (3 INVALID_ARGUMENT, 5 NOT_FOUND, 8 RESOURCE_EXHAUSTED...).")
+    message: str
+    error: ErrorObject

@@ -154,3 +154,28 @@ async def test_context_overflow_and_unknown_token_ids_are_bad_input(engine: Engi
         await engine.generate(GenerationRequest(prompt_token_ids=[1, engine.vocab_size]))
     ok = await engine.generate(GenerationRequest(prompt_token_ids=[1] * 2036, max_new_tokens=12, temperature=0))
     assert len(ok.response_token_ids) <= 12
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"), ({"temperature": 1e-50}, "temperature")],
+)
+async def test_sampling_parameters_the_engine_cannot_take_are_bad_input(
+    engine: Engine, params: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(BadInput, match=match):
+        await engine.generate(GenerationRequest(prompt_token_ids=[1, 2, 3], max_new_tokens=2, **params))
+
+
+async def test_a_request_that_fails_in_its_batch_fails_alone(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentbolt.engine.engine import GenerationFailed
+
+    # Past the checks (as a bug would let it), a seed torch cannot take raises inside the batch.
+    monkeypatch.setattr(engine, "check_request", lambda request: None)
+    engine.batch_wait_s = 0.2  # all nine in one batch
+    good = [GenerationRequest(prompt_token_ids=p, max_new_tokens=4, temperature=0) for p in prompts(engine)] * 2
+    bad = GenerationRequest(prompt_token_ids=[1, 2, 3], max_new_tokens=4, seed=2**64)
+    outcomes = await asyncio.gather(*(engine.generate(r) for r in [*good[:4], bad, *good[4:]]), return_exceptions=True)
+    assert isinstance(outcomes[4], GenerationFailed)
+    rest = [o for i, o in enumerate(outcomes) if i != 4]
+    assert all(not isinstance(o, BaseException) and len(o.response_token_ids) >= 1 for o in rest), rest

@@ -280,7 +280,6 @@ def test_invalid_tool_choice_is_rejected(tools: Any, tool_choice: Any, field: st
         ({"role": "user"}, "messages[0].content is missing"),
         ({"role": "function", "content": "x"}, "messages[0].role 'function'"),
         ({"content": "x"}, "messages[0].role None"),
-        ({"role": "tool", "content": "5"}, "messages[0].tool_call_id"),
         (
             {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "add", "arguments": "{a: 1"}}]},
             "messages[0].tool_calls[0].function.arguments is not valid JSON",
@@ -295,6 +294,13 @@ def test_invalid_tool_choice_is_rejected(tools: Any, tool_choice: Any, field: st
 def test_invalid_messages_are_rejected_naming_the_field(message: dict[str, Any], field: str) -> None:
     with pytest.raises(BadInput, match=re.escape(field)):
         render_tool_messages([message], TOOLS, "auto")
+
+
+def test_tool_result_without_a_call_id_is_rendered_unlinked() -> None:
+    # OpenAI's schema makes tool_call_id optional; the result is still shown to the model.
+    messages = [{"role": "user", "content": "2+3?"}, {"role": "tool", "content": "5"}]
+    rendered = render_tool_messages(messages, TOOLS, "auto")
+    assert rendered[-1]["content"] == "<tool_response>\n5\n</tool_response>"
 
 
 def test_active_tools_are_none_when_no_tool_may_be_called() -> None:

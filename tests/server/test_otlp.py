@@ -296,6 +296,12 @@ def test_content_type_is_matched_case_insensitively_with_parameters() -> None:
     assert decode_trace_request(_span_pb(), "application/protobuf")[0].name == "step"
 
 
+def test_no_content_type_is_read_as_protobuf_otlps_default() -> None:
+    assert decode_trace_request(_span_pb(), "")[0].name == "step"
+    body, media_type = encode_trace_response("")
+    assert media_type == PB and body == b""
+
+
 def test_decoded_spans_are_spanin_models(sdk_spans: list[ReadableSpan]) -> None:
     decoded = decode_trace_request(encode_spans(sdk_spans).SerializeToString(), PB)
     assert all(isinstance(span, SpanIn) for span in decoded)
@@ -305,7 +311,7 @@ def test_decoded_spans_are_spanin_models(sdk_spans: list[ReadableSpan]) -> None:
 # Bad input
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "", "application/jsonl", "multipart/form-data"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/jsonl", "multipart/form-data"])
 def test_unsupported_content_type_is_415(content_type: str) -> None:
     with pytest.raises(UnsupportedMediaType) as info:
         decode_trace_request(b"{}", content_type)

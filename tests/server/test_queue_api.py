@@ -268,6 +268,106 @@ def test_error_type_is_openais_category_and_code_the_reason_and_param_the_field(
     assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "not_found", None)
 
 
+def _param(r: httpx.Response) -> str | None:
+    assert r.status_code == 400, r.text
+    param: str | None = r.json()["error"]["param"]
+    return param
+
+
+def test_integers_the_store_cannot_hold_are_400_naming_the_field(server: BackgroundServer) -> None:
+    url = server.url
+    assert _param(httpx.post(f"{url}/api/rollouts", json={"input": 1, "model_version": 2**63})) == "model_version"
+    assert _param(httpx.post(f"{url}/api/rollouts", json={"input": 1, "model_version": 2**31})) == "model_version"
+    batch = [{"input": 1}, {"input": 2, "model_version": 2**64}]
+    assert _param(httpx.post(f"{url}/api/rollouts/batch", json=batch)) == "1.model_version"
+    assert _param(httpx.get(f"{url}/api/rollouts", params={"offset": 2**63})) == "query.offset"
+    assert _param(httpx.post(f"{url}/api/model-versions", json={"version": 2**63, "model": "m"})) == "version"
+    [rollout] = _enqueue(url)
+    spans = f"{url}/api/rollouts/{rollout['rollout_id']}/spans"
+    assert _param(httpx.get(spans, params={"offset": 2**63})) == "query.offset"
+    assert httpx.get(spans, params={"offset": 2**63 - 1}).status_code == 200  # the largest the store holds
+    assert httpx.get(f"{url}/api/rollouts").json()["total"] == 1
+
+
+def test_booleans_are_not_integers(server: BackgroundServer) -> None:
+    url = server.url
+    assert _param(httpx.post(f"{url}/api/rollouts", json={"input": 1, "model_version": True})) == "model_version"
+    r = httpx.post(f"{url}/api/rollouts", json={"input": 1, "config": {"max_attempts": True}})
+    assert _param(r) == "config.max_attempts"
+    assert _param(httpx.post(f"{url}/api/model-versions", json={"version": False, "model": "m"})) == "version"
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_are_400_naming_the_field(server: BackgroundServer, number: bytes) -> None:
+    url, headers = server.url, {"content-type": "application/json"}
+
+    def post(path: str, body: bytes) -> httpx.Response:
+        return httpx.post(f"{url}{path}", content=body.replace(b"X", number), headers=headers)
+
+    r = post("/api/rollouts", b'{"input": {"question": "2+2", "hints": [1, X]}}')
+    assert _param(r) == "input" and "hints.1" in r.json()["error"]["message"]
+    assert _param(post("/api/rollouts", b'{"input": X}')) == "input"
+    assert _param(post("/api/rollouts", b'{"input": 1, "metadata": {"m": X}}')) == "metadata.m"
+    assert _param(post("/api/rollouts", b'{"input": 1, "config": {"timeout_s": X}}')) == "config.timeout_s"
+    assert _param(post("/api/model-versions", b'{"version": 1, "model": "m", "metadata": {"m": X}}')) == "metadata.m"
+    assert httpx.get(f"{url}/api/rollouts").json()["total"] == 0
+    [rollout] = _enqueue(url)
+    claim = httpx.post(f"{url}/api/dequeue", json={"worker_id": "w"}).json()
+    rewards = f"/api/rollouts/{rollout['rollout_id']}/rewards"
+    assert _param(post(rewards, b'{"value": X}')) == "value"
+    assert _param(post(rewards, b'{"dimensions": {"accuracy": X}}')) == "dimensions.accuracy"
+    finish = f"/api/rollouts/{rollout['rollout_id']}/attempts/{claim['attempt']['attempt_id']}/finish"
+    assert _param(post(finish, b'{"status": "succeeded", "reward": X}')) == "reward"
+    assert _param(post("/api/dequeue", b'{"worker_id": "w", "wait_s": X}')) == "wait_s"
+    spans = httpx.get(f"{url}/api/rollouts/{rollout['rollout_id']}/spans").json()
+    assert spans["total"] == 0  # no reward was stored
+
+
+def test_dequeue_with_no_modes_is_400_at_once(server: BackgroundServer) -> None:
+    _enqueue(server.url)
+    r = httpx.post(f"{server.url}/api/dequeue", json={"worker_id": "w", "modes": [], "wait_s": 30}, timeout=5)
+    assert _param(r) == "modes"
+    assert httpx.get(f"{server.url}/api/rollouts").json()["items"][0]["status"] == "queuing"
+
+
+def test_deep_json_is_400(server: BackgroundServer) -> None:
+    deep = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(f"{server.url}/api/rollouts", content=deep, headers={"content-type": "application/json"})
+    _assert_error(r, 400)
+    assert httpx.get(f"{server.url}/api/rollouts").json()["total"] == 0
+
+
+def test_openapi_documents_every_error_a_route_answers_with_the_error_body(server: BackgroundServer) -> None:
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    paths = document["paths"]
+    expected = {
+        ("/api/rollouts", "post"): {"201", "400", "409", "413"},
+        ("/api/rollouts/batch", "post"): {"201", "400", "409", "413"},
+        ("/api/rollouts/{rollout_id}", "get"): {"200", "400", "404", "413"},
+        ("/api/rollouts/{rollout_id}/cancel", "post"): {"200", "400", "404", "409", "413"},
+        ("/api/rollouts/read", "post"): {"200", "400", "404", "413"},
+        ("/api/model-versions", "post"): {"201", "400", "409", "413"},
+        ("/api/model-versions/latest", "get"): {"200", "400", "404", "413"},
+    }
+    for (path, method), statuses in expected.items():
+        responses = paths[path][method]["responses"]
+        assert statuses <= set(responses), (path, method, sorted(responses))
+        for status in statuses - {"200", "201"}:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (path, status)
+    dequeue = paths["/api/dequeue"]["post"]
+    assert dequeue["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DequeueRequest"
+    }
+    modes = document["components"]["schemas"]["DequeueRequest"]["properties"]["modes"]["anyOf"][0]
+    assert modes["minItems"] == 1
+    version = document["components"]["schemas"]["RolloutCreate"]["properties"]["model_version"]["anyOf"][0]
+    assert version["maximum"] == 2**31 - 1
+    traces = paths["/v1/traces"]["post"]
+    assert {"application/x-protobuf", "application/json"} <= set(traces["requestBody"]["content"])
+    assert {"200", "400", "404", "413", "415"} <= set(traces["responses"])
+
+
 def test_openapi_documents_validation_errors_as_400_not_422(server: BackgroundServer) -> None:
     document = httpx.get(f"{server.url}/openapi.json").json()
     operations = [op for path in document["paths"].values() for op in path.values()]
@@ -308,8 +408,9 @@ def test_client_raises_typed_errors(server: BackgroundServer) -> None:
             claim = await client.dequeue("w")
             assert claim is not None
             await client.finish(claim.attempt, AttemptFinish(status="succeeded"))
-            with pytest.raises(IllegalTransition):
-                await client.finish(claim.attempt, AttemptFinish(status="succeeded"))
+            await client.finish(claim.attempt, AttemptFinish(status="succeeded"))  # a repeat is answered the same
+            with pytest.raises(IllegalTransition):  # a different outcome for an ended attempt is refused
+                await client.finish(claim.attempt, AttemptFinish(status="failed"))
 
     asyncio.run(scenario())
 

@@ -11,6 +11,7 @@ from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -178,3 +179,74 @@ def test_gzip_bomb_over_the_limit_is_413(small_limit_server: BackgroundServer) -
         headers={"content-type": "application/x-protobuf", "content-encoding": "gzip"},
     )
     assert r.status_code == 413
+
+
+def _spans_with_values(rollout_id: str, attempt_id: str, **attributes: object) -> list[ReadableSpan]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "test-agent"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    ids = {"agentbolt.rollout_id": rollout_id, "agentbolt.attempt_id": attempt_id}
+    with provider.get_tracer("test").start_as_current_span("step", attributes={**ids, **attributes}):  # type: ignore[arg-type]
+        pass
+    return list(memory.get_finished_spans())
+
+
+def test_non_finite_attribute_values_are_dropped_and_reported_in_partial_success(server: BackgroundServer) -> None:
+    rollout_id, attempt_id = _claim(server.url)
+    spans = _spans_with_values(rollout_id, attempt_id, score=float("nan"), big=float("inf"), kept=1.5)
+    body = encode_spans(spans).SerializeToString()
+    r = httpx.post(f"{server.url}/v1/traces", content=body, headers={"content-type": "application/x-protobuf"})
+    assert r.status_code == 200
+    response = ExportTraceServiceResponse.FromString(r.content)
+    assert response.partial_success.rejected_spans == 0
+    message = response.partial_success.error_message
+    assert "'score'" in message and "'big'" in message and "'kept'" not in message
+    [stored] = _stored(server.url, rollout_id)
+    assert stored["attributes"]["kept"] == 1.5
+    assert "score" not in stored["attributes"] and "big" not in stored["attributes"]
+
+
+def test_a_reward_span_with_a_non_finite_reward_is_rejected_and_counted(server: BackgroundServer) -> None:
+    rollout_id, attempt_id = _claim(server.url)
+    good = _make_spans(rollout_id, attempt_id)
+    bad = _spans_with_values(rollout_id, attempt_id, **{"agentbolt.reward.value": float("nan")})
+    document = _otlp_json(good + bad)
+    r = httpx.post(f"{server.url}/v1/traces", json=document)
+    assert r.status_code == 200, r.text
+    partial = r.json()["partialSuccess"]
+    assert partial["rejectedSpans"] == "1" and "agentbolt.reward.value" in partial["errorMessage"]
+    assert sorted(s["name"] for s in _stored(server.url, rollout_id)) == ["execute_tool search", "invoke_agent writer"]
+
+
+def test_nan_literals_in_otlp_json_are_dropped_not_stored_as_null(server: BackgroundServer) -> None:
+    rollout_id, attempt_id = _claim(server.url)
+    document = json.dumps(_otlp_json(_spans_with_values(rollout_id, attempt_id, score=0.25)))
+    for literal in ('"NaN"', "NaN", "1e999"):
+        body = document.replace("0.25", literal)
+        r = httpx.post(f"{server.url}/v1/traces", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert "'score'" in r.json()["partialSuccess"]["errorMessage"]
+    assert all("score" not in s["attributes"] for s in _stored(server.url, rollout_id))
+
+
+def test_a_request_without_content_type_is_read_as_protobuf(server: BackgroundServer) -> None:
+    rollout_id, attempt_id = _claim(server.url)
+    body = encode_spans(_make_spans(rollout_id, attempt_id)).SerializeToString()
+    r = httpx.post(f"{server.url}/v1/traces", content=body)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    assert len(_stored(server.url, rollout_id)) == 2
+
+
+def test_span_times_beyond_a_signed_64_bit_integer_are_400(server: BackgroundServer) -> None:
+    rollout_id, attempt_id = _claim(server.url)
+    document = _otlp_json(_make_spans(rollout_id, attempt_id))
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["startTimeUnixNano"] = str(2**64 - 1)
+    r = httpx.post(f"{server.url}/v1/traces", json=document)
+    assert r.status_code == 400 and "start_time_ns" in r.json()["message"]
+    assert _stored(server.url, rollout_id) == []
+
+
+def test_deep_json_is_400(server: BackgroundServer) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = httpx.post(f"{server.url}/v1/traces", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["message"]

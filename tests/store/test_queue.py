@@ -294,3 +294,15 @@ async def test_dequeue_is_exclusive_across_processes(store: Store, store_url: st
     theirs = [rid for out, _ in outputs for rid in json.loads(out)]
     assert theirs, "the other processes claimed nothing; the test did not exercise concurrency"
     assert sorted(mine + theirs) == sorted(r.rollout_id for r in created)
+
+
+async def test_a_number_the_store_cannot_hold_is_bad_input_not_a_driver_error(store: Store) -> None:
+    # The types refuse it at the boundary; a value that skipped validation still gets a 400, not a 500.
+    unchecked = RolloutCreate.model_construct(
+        input=1, mode="train", group_id=None, model_version=2**64, config=RolloutConfig(), metadata={}, rollout_id=None
+    )
+    with pytest.raises(BadInput):
+        await store.enqueue([unchecked])
+    assert (await store.query_rollouts(RolloutQuery())).total == 0
+    page = await store.query_rollouts(RolloutQuery(offset=2**63 - 1))  # the largest offset the store takes
+    assert page.items == []

@@ -1,0 +1,3 @@
+from tests.live import server
+
+__all__ = ["server"]
