@@ -219,25 +219,22 @@ class ServerClient:
 
         Raises IllegalTransition if the server had ended the attempt otherwise (e.g. timed out).
         """
-        response = await self._request(
-            "POST",
-            f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/finish",
-            idempotent=True,
-            content=finish.model_dump_json(exclude_none=True),
-            headers={"content-type": "application/json"},
-        )
-        return Rollout.model_validate_json(response.content)
+        return await self._end_attempt(attempt, "finish", finish)
 
     async def release(self, attempt: Attempt, release: AttemptRelease) -> Rollout:
         """Give the unfinished attempt back so its rollout is requeued at once (retried, like finish).
 
         Raises IllegalTransition if the attempt had already ended otherwise.
         """
+        return await self._end_attempt(attempt, "release", release)
+
+    async def _end_attempt(self, attempt: Attempt, action: str, body: AttemptFinish | AttemptRelease) -> Rollout:
+        """``POST .../attempts/{id}/{action}``: safe to repeat, so retried (the server answers a repeat alike)."""
         response = await self._request(
             "POST",
-            f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/release",
+            f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/{action}",
             idempotent=True,
-            content=release.model_dump_json(exclude_none=True),
+            content=body.model_dump_json(exclude_none=True),
             headers={"content-type": "application/json"},
         )
         return Rollout.model_validate_json(response.content)

@@ -30,6 +30,7 @@ import signal
 import socket
 import threading
 import traceback
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from agentbolt.client.http import WORKER_RETRY, ServerClient
 from agentbolt.client.rollout import AgentFunction, RolloutFunction, rollout
 from agentbolt.client.tracing import AttemptContext, attempt_scope, install_tracing, tracer
 from agentbolt.errors import AgentboltError, IllegalTransition, ServerUnreachable, StoreUnavailable
-from agentbolt.types import LLM, POLICY_MODEL, Attempt, AttemptFinish, Claim, ErrorInfo, RolloutMode
+from agentbolt.types import LLM, POLICY_MODEL, Attempt, AttemptFinish, Claim, ErrorInfo, Rollout, RolloutMode
 from agentbolt.types.queue import AttemptRelease
 
 log = logging.getLogger(__name__)
@@ -256,30 +257,30 @@ class Worker:
         if finish is None:
             self.stats.abandoned += 1
             return
-        try:
-            await self._client.finish(attempt, finish)
-        except IllegalTransition as exc:
-            self.stats.finish_refused += 1
-            log.warning("%s: the server had already ended attempt %s: %s", runner_id, attempt.attempt_id, exc)
-            return
-        except AgentboltError as exc:
-            log.error("%s: could not report attempt %s: %s", runner_id, attempt.attempt_id, exc)
+        if not await self._report(runner_id, attempt, "report", self._client.finish(attempt, finish)):
             return
         if finish.status == "succeeded":
             self.stats.succeeded += 1
         else:
             self.stats.failed += 1
 
-    async def _release_attempt(self, runner_id: str, attempt: Attempt, reason: str) -> None:
-        """Give the attempt back unfinished, so the server requeues its rollout at once."""
+    async def _report(self, runner_id: str, attempt: Attempt, what: str, call: Awaitable[Rollout]) -> bool:
+        """Await the finish or release ``call``; False (logged, counted) if the server refused it or was unreachable."""
         try:
-            await self._client.release(attempt, AttemptRelease(worker_id=runner_id, reason=reason))
+            await call
         except IllegalTransition as exc:
             self.stats.finish_refused += 1
             log.warning("%s: the server had already ended attempt %s: %s", runner_id, attempt.attempt_id, exc)
-            return
+            return False
         except AgentboltError as exc:
-            log.error("%s: could not release attempt %s: %s", runner_id, attempt.attempt_id, exc)
+            log.error("%s: could not %s attempt %s: %s", runner_id, what, attempt.attempt_id, exc)
+            return False
+        return True
+
+    async def _release_attempt(self, runner_id: str, attempt: Attempt, reason: str) -> None:
+        """Give the attempt back unfinished, so the server requeues its rollout at once."""
+        release = self._client.release(attempt, AttemptRelease(worker_id=runner_id, reason=reason))
+        if not await self._report(runner_id, attempt, "release", release):
             return
         self.stats.released += 1
         log.info("%s: released attempt %s of rollout %s", runner_id, attempt.attempt_id, attempt.rollout_id)

@@ -39,7 +39,7 @@ import torch
 
 from agentbolt.errors import AgentboltError, BadInput
 from agentbolt.models import context_length, default_device, eos_token_ids, load_tokenizer_and_model, missing_weights
-from agentbolt.types import GenerationRequest, GenerationResult, GenerationTimings, TokenLogprob
+from agentbolt.types import MIN_TEMPERATURE, GenerationRequest, GenerationResult, GenerationTimings, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class GenerationFailed(AgentboltError):
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
-MIN_TEMPERATURE = 1e-3  # below it, logits / temperature overflows float32 (1e-50 even rounds to 0)
 
 
 @dataclass

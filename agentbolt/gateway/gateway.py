@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -159,16 +159,19 @@ class Gateway:
                 code="context_length_exceeded",
             )
 
-    def max_new_tokens(
-        self, served: Served, n: int, prompt_ids: list[int], max_tokens: int | None, default_max: int
-    ) -> int:
-        """How many tokens each of the ``n`` choices may generate: ``max_tokens``, else what fits up to ``default_max``.
+    async def tokenize(self, chars: int, encode: Callable[..., list[int]], *args: Any, **kwargs: Any) -> list[int]:
+        """``encode(*args, **kwargs)``: on a worker thread for a prompt over ``OFF_LOOP_CHARS`` characters
+        (long to tokenize: other calls run meanwhile), inline otherwise (a thread costs more than it saves)."""
+        if chars > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(encode, *args, **kwargs)
+        return encode(*args, **kwargs)
+
+    def max_new_tokens(self, served: Served, prompt_ids: list[int], max_tokens: int | None, default_max: int) -> int:
+        """How many tokens each choice may generate: ``max_tokens``, else what fits up to ``default_max``.
 
         Raises:
-            GatewayError: ``n`` over the server's limit, or prompt and ``max_tokens`` over the model's context
-                (code ``context_length_exceeded``).
+            GatewayError: prompt and ``max_tokens`` over the model's context (code ``context_length_exceeded``).
         """
-        self.check_n(n)
         max_context = served.backend.max_context
         room = max_context - len(prompt_ids)
         if room < 1:

@@ -15,7 +15,6 @@ choices and the usage; then ``data: [DONE]``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from agentbolt.errors import BadInput
 from agentbolt.gateway.attribution import CallContext
 from agentbolt.gateway.call import Choice, Prepared
 from agentbolt.gateway.errors import GatewayError
-from agentbolt.gateway.gateway import OFF_LOOP_CHARS, Gateway
+from agentbolt.gateway.gateway import Gateway
 from agentbolt.gateway.llm_spans import request_attributes
 from agentbolt.gateway.responses import DONE, dumps, fingerprint, logprob_tokens, sse, usage
 from agentbolt.gateway.text import TokenText
@@ -74,14 +73,11 @@ async def prepare_chat(gateway: Gateway, body: Any, context: CallContext) -> Pre
     except BadInput as exc:
         raise GatewayError(str(exc), param="messages") from None
     try:
-        if chars > OFF_LOOP_CHARS:  # a long prompt takes a while to tokenize: let other calls run meanwhile
-            prompt_ids = await asyncio.to_thread(served.text.chat_prompt, rendered)
-        else:
-            prompt_ids = served.text.chat_prompt(rendered)
+        prompt_ids = await gateway.tokenize(chars, served.text.chat_prompt, rendered)
     except Exception as exc:  # the model's own Jinja template refused (e.g. roles must alternate)
         raise GatewayError(f"the model's chat template cannot render these messages: {exc}", param="messages") from None
     max_new = gateway.max_new_tokens(
-        served, req.n, prompt_ids, req.max_completion_tokens or req.max_tokens, gateway.config.default_max_tokens
+        served, prompt_ids, req.max_completion_tokens or req.max_tokens, gateway.config.default_max_tokens
     )
     stops = req.stop_strings()
     requests = gateway.generation_requests(served, req, prompt_ids, max_new, req.top_logprobs or 0, stops)

@@ -7,14 +7,13 @@ call). A stream sends, per choice, one chunk with its text and one with its fini
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 from agentbolt.gateway.attribution import CallContext
 from agentbolt.gateway.call import Choice, Prepared
 from agentbolt.gateway.errors import GatewayError
-from agentbolt.gateway.gateway import OFF_LOOP_CHARS, Gateway
+from agentbolt.gateway.gateway import Gateway
 from agentbolt.gateway.llm_spans import request_attributes
 from agentbolt.gateway.responses import DONE, dumps, fingerprint, logprob_tokens, sse, usage
 from agentbolt.gateway.text import TokenText
@@ -50,15 +49,12 @@ async def prepare_completion(gateway: Gateway, body: Any, context: CallContext) 
     prompt = req.prompt
     if isinstance(prompt, str):
         gateway.check_prompt_chars(served, len(prompt), "prompt")
-        if len(prompt) > OFF_LOOP_CHARS:  # a long prompt takes a while to tokenize: let other calls run meanwhile
-            prompt_ids = await asyncio.to_thread(served.text.encode, prompt, special_tokens=True)
-        else:
-            prompt_ids = served.text.encode(prompt, special_tokens=True)
+        prompt_ids = await gateway.tokenize(len(prompt), served.text.encode, prompt, special_tokens=True)
     else:
         prompt_ids = list(prompt)
     if not prompt_ids:
         raise GatewayError("the prompt is empty", param="prompt")
-    max_new = gateway.max_new_tokens(served, req.n, prompt_ids, req.max_tokens, DEFAULT_MAX_TOKENS)
+    max_new = gateway.max_new_tokens(served, prompt_ids, req.max_tokens, DEFAULT_MAX_TOKENS)
     stops = req.stop_strings()
     requests = gateway.generation_requests(served, req, prompt_ids, max_new, req.logprobs or 0, stops)
     return Prepared(

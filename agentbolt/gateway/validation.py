@@ -11,7 +11,7 @@ the boundary (the engine checks again and fails only the one request, but a 400 
   rather than read as greedy: the trainer recomputes logprobs at the temperature a call was sampled at, so
   the gateway must not silently sample at another one.
 * ``frequency_penalty`` / ``presence_penalty``: OpenAI's range [-2, 2] (then only 0 is supported).
-* ``stop``: empty strings are ignored (the OpenAPI schema allows them; an empty string stops nothing).
+* ``stop``: empty strings are accepted and ignored (an empty string stops nothing: ``stop_strings()``).
 
 Non-finite numbers (``NaN``, ``Infinity``, ``1e400``) are refused when the body is parsed (:func:`parse_json`).
 """
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from agentbolt.gateway.errors import GatewayError
-from agentbolt.types import ChatCompletionRequest, CompletionRequest
+from agentbolt.types import MIN_TEMPERATURE, ChatCompletionRequest, CompletionRequest
 
 Request = TypeVar("Request", ChatCompletionRequest, CompletionRequest)
 
@@ -39,7 +39,6 @@ _UNSUPPORTED: dict[str, str] = {
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is an int64; the engine takes -2**63..2**64-1
-MIN_TEMPERATURE = 1e-3  # below it, logits / temperature overflows float32 for ordinary logits
 PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's range of frequency_penalty and presence_penalty
 
 
@@ -85,10 +84,6 @@ def validate_body(model: type[Request], body: Any) -> Request:
         if modalities != ["text"]:
             raise GatewayError("only text output is supported: modalities must be ['text']", param="modalities")
         body = {k: v for k, v in body.items() if k != "modalities"}
-    stop = body.get("stop")
-    if stop == "" or (isinstance(stop, list) and "" in stop):  # an empty stop string stops nothing: ignore it
-        kept = [s for s in stop if s != ""] if isinstance(stop, list) else []
-        body = {**body, "stop": kept or None}
     try:
         req = model.model_validate(body)
     except ValidationError as exc:

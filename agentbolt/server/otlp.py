@@ -65,6 +65,7 @@ Errors
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -169,6 +170,13 @@ class Screened:
         )
 
 
+def _non_finite(value: Any) -> bool:
+    """Whether an attribute value is or holds NaN/±Infinity (strings and integers, most values, cost one check)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, dict)) and non_finite_path(value) is not None
+
+
 def drop_non_finite(spans: list[SpanIn]) -> Screened:
     """Drop the attributes that hold NaN/±Infinity, and reward spans whose reward value is not finite.
 
@@ -177,7 +185,7 @@ def drop_non_finite(spans: list[SpanIn]) -> Screened:
     screened = Screened(spans=[])
     for index, span in enumerate(spans):
         where = f"span {index} ({span.name!r})"
-        if non_finite_path(span.attributes.get(REWARD_VALUE)) is not None:
+        if _non_finite(span.attributes.get(REWARD_VALUE)):
             screened.rejected_spans += 1
             screened.dropped.append(f"{where}: attributes[{REWARD_VALUE!r}] (the reward span was rejected)")
             continue
@@ -185,7 +193,7 @@ def drop_non_finite(spans: list[SpanIn]) -> Screened:
         bags += [(f"events[{i}].attributes", event.attributes) for i, event in enumerate(span.events)]
         bags += [(f"links[{i}].attributes", link.attributes) for i, link in enumerate(span.links)]
         for name, bag in bags:
-            for key in [key for key, value in bag.items() if non_finite_path(value) is not None]:
+            for key in [key for key, value in bag.items() if _non_finite(value)]:
                 del bag[key]
                 screened.dropped.append(f"{where}: {name}[{key!r}]")
         screened.spans.append(span)

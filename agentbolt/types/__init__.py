@@ -38,6 +38,7 @@ from agentbolt.types.config import (
     TrainerConfig,
 )
 from agentbolt.types.generation import (
+    MIN_TEMPERATURE,
     GenerationRequest,
     GenerationResult,
     GenerationTimings,
@@ -129,6 +130,7 @@ __all__ = [
     "INT32_MAX",
     "INT64_MAX",
     "LLM",
+    "MIN_TEMPERATURE",
     "POLICY_MODEL",
     "AIRConfig",
     "AdapterConfig",

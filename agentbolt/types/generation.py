@@ -11,6 +11,11 @@ from agentbolt.types.base import _Model
 # Embedded inference engine (agentbolt/engine): one generation request and its result
 
 
+MIN_TEMPERATURE = 1e-3
+"""The smallest positive sampling temperature: below it, logits / temperature overflows float32 for ordinary
+logits (1e-50 even rounds to 0). The gateway refuses smaller ones with a 400; the engine refuses them too."""
+
+
 class GenerationRequest(_Model):
     """One completion asked of the engine: prompt token ids in, sampled token ids out.
 
