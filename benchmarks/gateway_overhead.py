@@ -16,8 +16,13 @@ It measures chat completions (a) straight to the fake upstream and (b) through t
 clients (p50/p99, requests/s). It checks every reply, and that the gateway stored one span per call.
 Prints a table and writes JSON to benchmarks/results/gateway_overhead.json.
 
+``--span-durability`` chooses when the gateway stores a call's spans (``ServerConfig.span_durability``):
+``auto`` (the default; on this SQLite store: ``finish``, the answer goes out first) or ``answer`` (the
+answer waits for the grouped commit, as on PostgreSQL), to measure what waiting costs.
+
     python benchmarks/gateway_overhead.py                    # 2000 sequential + 4000 concurrent calls each
     python benchmarks/gateway_overhead.py --requests 500     # quicker
+    python benchmarks/gateway_overhead.py --span-durability answer
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ CHAT = {
 # --- the gateway process ---------------------------------------------------------------------------------
 
 
-def serve_gateway(port: int, upstream: str, store_url: str) -> None:
+def serve_gateway(port: int, upstream: str, store_url: str, span_durability: str) -> None:
     """Run the agentbolt server with an UpstreamBackend, as ``agentbolt serve`` would (this is the child)."""
     import uvicorn
 
@@ -69,6 +74,8 @@ def serve_gateway(port: int, upstream: str, store_url: str) -> None:
     from agentbolt.types import ServerConfig
 
     config = ServerConfig(host="127.0.0.1", port=port, store_url=store_url, served_model="policy")
+    if span_durability != "auto":  # (a checkout from before span durability has no such setting)
+        config = config.model_copy(update={"span_durability": span_durability})
     backend = UpstreamBackend([upstream], load_tokenizer("demo"), "policy", upstream_model="fake")
     if "backend" in inspect.signature(create_app).parameters:
         app = create_app(config, backend=backend)
@@ -166,6 +173,13 @@ async def attempt_of(base: str) -> tuple[str, str]:
     return claim["rollout"]["rollout_id"], claim["attempt"]["attempt_id"]
 
 
+async def span_durability_of(base: str) -> str:
+    """When the gateway stores a call's spans, as its stats report it (older checkouts: always finish)."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        stats = (await client.get("/api/gateway/stats")).json()
+    return str(stats.get("span_durability", "finish"))
+
+
 async def spans_stored(base: str, rollout_id: str, expected: int, timeout_s: float = 30) -> int:
     """Spans of the rollout once the store holds ``expected`` (recording may lag the replies a little)."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -184,12 +198,18 @@ def cli() -> None:
     parser.add_argument("--concurrent-requests", type=int, default=4000, help="concurrent calls per target")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument(
+        "--span-durability",
+        choices=["auto", "answer", "finish"],
+        default="auto",
+        help="when the gateway stores a call's spans (auto on SQLite: finish)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gateway_overhead.json")
     parser.add_argument("--serve-gateway", nargs=3, metavar=("PORT", "UPSTREAM", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_gateway:
         port, upstream, store_url = args.serve_gateway
-        serve_gateway(int(port), upstream, store_url)
+        serve_gateway(int(port), upstream, store_url, args.span_durability)
     else:
         asyncio.run(main(args))
 
@@ -209,8 +229,10 @@ async def main(args: argparse.Namespace) -> None:
             fake_cmd += ["--reply-ids", ids, "--reply-text", REPLY_TEXT + "<|im_end|>", "--chat-text", REPLY_TEXT]
             procs.append(start(fake_cmd, f"{upstream}/models", "the fake upstream"))
             gateway_cmd = [sys.executable, __file__, "--serve-gateway", str(gateway_port), upstream, store_url]
+            gateway_cmd += ["--span-durability", args.span_durability]
             procs.append(start(gateway_cmd, f"{gateway}/health", "the gateway"))
             rollout_id, attempt_id = await attempt_of(gateway)
+            span_durability = await span_durability_of(gateway)
             direct_url = f"{upstream}/chat/completions"
             gateway_url = f"{gateway}/rollouts/{rollout_id}/attempts/{attempt_id}/v1/chat/completions"
 
@@ -240,6 +262,7 @@ async def main(args: argparse.Namespace) -> None:
         "concurrent_overhead_p99_ms": round(con_g["p99_ms"] - con_d["p99_ms"], 3),
         "gateway_requests_per_s": con_g["requests_per_s"],
         "spans_stored": stored,
+        "span_durability": span_durability,
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "targets": {"overhead_p50_ms": 1.5, "gateway_requests_per_s": 540},
     }
@@ -250,7 +273,7 @@ async def main(args: argparse.Namespace) -> None:
         f"p99 {summary['concurrent_overhead_p99_ms']} ms\n"
         f"through the gateway with {args.clients} clients: {summary['gateway_requests_per_s']} req/s"
         f"   (target: >= 540 req/s)\n"
-        f"spans stored: {stored} of {gateway_calls} calls\n"
+        f"spans stored: {stored} of {gateway_calls} calls (span durability: {span_durability})\n"
         f"1-min load average: {summary['load_average_1min']} on {os.cpu_count()} CPUs (other load skews the figures)"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)

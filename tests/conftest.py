@@ -2,8 +2,9 @@
 
 ``store_url`` / ``store`` run a test once per store backend: SQLite (a temp file) and PostgreSQL
 (a fresh database per test on the server named by ``AGENTBOLT_TEST_PG_URL``; start one with
-``export AGENTBOLT_TEST_PG_URL=$(bash scripts/postgres.sh | tail -1)``). Without that variable
-the PostgreSQL runs are skipped, except under CI (``CI`` set), where they fail.
+``export AGENTBOLT_TEST_PG_URL=$(bash scripts/postgres.sh | tail -1)``); ``postgres_url`` is such a
+fresh PostgreSQL database alone. Without that variable the PostgreSQL runs are skipped, except under CI
+(``CI`` set), where they fail.
 
 ``scripts/test.sh`` installs every extra and sets ``AGENTBOLT_TESTS_REQUIRE_EXTRAS=1``: then a suite
 skipped because an extra's package is missing (``pytest.importorskip``) fails the run instead of
@@ -119,6 +120,13 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     else:
         async for url in _fresh_postgres_database():
             yield url
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """URL of an empty PostgreSQL database (for tests that need PostgreSQL itself: several server processes)."""
+    async for url in _fresh_postgres_database():
+        yield url
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from typing import get_args
 
@@ -12,16 +11,7 @@ import click
 from agentbolt import __version__
 from agentbolt.cli.options import api_key_option, console, one_line_errors, setup_logging
 from agentbolt.types import POLICY_MODEL, ServerConfig
-from agentbolt.types.config import ToolFormatSetting
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from agentbolt.types.config import SpanDurabilitySetting, ToolFormatSetting
 
 
 @click.command()
@@ -81,6 +71,25 @@ def _is_loopback(host: str) -> bool:
     is_flag=True,
     help="Refuse (409) a call whose prompt ids do not extend its attempt's previous prompt and response ids.",
 )
+@click.option(
+    "--span-durability",
+    type=click.Choice(get_args(SpanDurabilitySetting)),
+    default="auto",
+    show_default=True,
+    help="When a gateway call's spans are stored. answer: before the call is answered (commits grouped across "
+    "calls), so an attempt finished through any server process has them all; finish: just after the answer, "
+    "flushed when the attempt finishes on the same process (one process only). auto: answer on PostgreSQL, "
+    "finish on SQLite.",
+)
+@click.option(
+    "--span-flush-interval",
+    "span_flush_interval_s",
+    type=click.FloatRange(0, 10, min_open=True),
+    default=0.005,
+    show_default=True,
+    metavar="SECONDS",
+    help="With finish durability: the longest a gateway span waits for its batched write.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more, including each HTTP request.")
 def serve(
     host: str,
@@ -99,6 +108,8 @@ def serve(
     tool_format: ToolFormatSetting,
     require_attempt: bool,
     strict_token_fidelity: bool,
+    span_durability: SpanDurabilitySetting,
+    span_flush_interval_s: float,
     verbose: bool,
 ) -> None:
     """Run the Lightning Server: rollout queue, OTLP trace ingest at /v1/traces, API docs at /docs,
@@ -109,7 +120,9 @@ def serve(
     import uvicorn
 
     setup_logging(verbose)
-    if not api_key and not _is_loopback(host):
+    from agentbolt.server.guards import is_loopback
+
+    if not api_key and not is_loopback(host):
         raise click.UsageError(
             f"refusing to listen on {host} without an API key: pass --api-key (or set AGENTBOLT_API_KEY), "
             "or bind to 127.0.0.1"
@@ -124,6 +137,11 @@ def serve(
         raise click.UsageError("--tokenizer goes with --upstream; to embed a model use --model")
     if (model or fixed_models) and processes > 1:
         raise click.UsageError("--workers > 1 would load the model once per process: serve it with --upstream")
+    if processes > 1 and span_durability == "finish":
+        raise click.UsageError(
+            "--workers > 1 with --span-durability finish: an attempt may finish on another process than the one "
+            "holding its unwritten spans, and the rollout would be read incomplete; use answer (or auto)"
+        )
     fixed: dict[str, str] = {}
     hint = "--fixed-model"
     for assignment in fixed_models:
@@ -150,6 +168,8 @@ def serve(
         tool_format=tool_format,
         require_attempt=require_attempt,
         strict_token_fidelity=strict_token_fidelity,
+        span_durability=span_durability,
+        span_flush_interval_s=span_flush_interval_s,
     )
     gateway_note = ""
     if config.model:

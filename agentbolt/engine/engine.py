@@ -16,6 +16,12 @@ Weight updates travel on the same queue, so they are ordered with the requests: 
 before ``update_weights`` runs on the old weights, one submitted after runs on the new ones, and a batch
 never mixes versions. Every result names the model version it ran on.
 
+Shared weights (``shared=True``): the engine decodes with the trainer's own model object instead of a copy,
+so one set of weights sits in memory. The trainer changes those weights in place, so it holds the engine
+around each update: :meth:`Engine.pause` returns once the batch thread stands between batches (requests
+keep queueing meanwhile), :meth:`Engine.resume` names the new version and lets the queue run on. A shared
+engine never moves or casts the model; with a ``dtype`` it decodes under autocast instead.
+
 Logprobs (what RL needs from the behaviour policy): ``log_softmax(logits / temperature)`` of the sampled
 token, i.e. the temperature-scaled distribution *before* top-p truncation (a trainer can recompute it
 from logits alone); for greedy decoding (temperature 0), ``log_softmax(logits)``.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import os
@@ -77,6 +84,14 @@ class _WeightsUpdate:
 
 
 @dataclass
+class Pause:
+    """A hold on the batch thread between two batches: made by :meth:`Engine.pause`, ended by :meth:`Engine.resume`."""
+
+    held: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class _Sequence:
     """Decoding state of one request inside a batch."""
 
@@ -100,6 +115,13 @@ class Engine:
         model_version: version of the weights ``model`` holds now.
         max_batch_size: most sequences decoded together.
         batch_wait_s: how long the first request of a batch waits for others to join it.
+        dtype: ``"float32"``, ``"bfloat16"``, or ``"auto"`` (bfloat16 on CUDA, float32 elsewhere); None keeps
+            the model's own dtype. The weights are cast to it, unless ``shared``: then it is the autocast dtype.
+        shared: ``model`` is a trainer's model, updated in place between :meth:`pause` and :meth:`resume`; it must
+            already be on ``device``, and is neither moved, cast nor switched to eval mode here.
+
+    Raises:
+        BadInput: an unknown dtype, or a shared model that is not on ``device``.
     """
 
     def __init__(
@@ -111,9 +133,24 @@ class Engine:
         model_version: int = 0,
         max_batch_size: int = 32,
         batch_wait_s: float = 0.005,
+        dtype: str | None = None,
+        shared: bool = False,
     ) -> None:
         self.device = default_device(device)
-        self.model = model.to(self.device).eval()
+        self.shared = shared
+        compute = resolve_dtype(dtype, self.device)
+        self.autocast_dtype: torch.dtype | None = None
+        if shared:
+            on = {p.device for p in model.parameters()}
+            if on != {self.device} and not (self.device.type == "cuda" and {d.type for d in on} == {"cuda"}):
+                raise BadInput(f"a shared model must already be on the engine's device {self.device}, not {on}")
+            weights = {p.dtype for p in model.parameters()}
+            half = compute in (torch.bfloat16, torch.float16)
+            self.autocast_dtype = compute if half and weights != {compute} else None
+            self.model = model
+        else:
+            self.model = model.to(self.device, dtype=compute) if compute is not None else model.to(self.device)
+            self.model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
@@ -125,10 +162,12 @@ class Engine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_token_ids, default=0)
         self.pad_token_id: int = int(pad)
         # transformers renamed `past_key_values` to `cache` (5.x); prefill needs only the last position's logits.
-        params = inspect.signature(model.forward).parameters
+        # A PEFT model's forward takes **kwargs: its base model's signature tells what reaches the model.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self._queue: queue.Queue[_Job | _WeightsUpdate | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | _WeightsUpdate | Pause | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -172,6 +211,32 @@ class Engine:
         job = _Job(request=request, future=loop.create_future(), loop=loop)
         self._queue.put(job)
         return await job.future
+
+    def pause(self) -> Pause:
+        """Hold the batch thread between batches; returns once it is held (the batch running now finishes first).
+
+        Requests submitted meanwhile wait in the queue. Every pause must be ended with :meth:`resume`. This is
+        how a trainer sharing the engine's model (``shared=True``) changes the weights in place safely.
+
+        Raises:
+            EngineClosed: the engine was closed.
+        """
+        if self._closed:
+            raise EngineClosed("the engine is closed")
+        hold = Pause()
+        self._ensure_started()
+        self._queue.put(hold)
+        while not hold.held.wait(timeout=1.0):
+            if self._thread is None or not self._thread.is_alive():
+                raise EngineClosed("the engine stopped before it could pause")
+        return hold
+
+    def resume(self, hold: Pause, version: int | None = None) -> None:
+        """End ``hold`` (from :meth:`pause`); with a ``version``, the weights are that model version from now on."""
+        if version is not None:
+            self._version = version
+            log.info("engine now serves model version %d", version)
+        hold.released.set()
 
     def update_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> concurrent.futures.Future[int]:
         """Replace the model's weights with ``state_dict`` (a full state dict) as model ``version``.
@@ -231,6 +296,9 @@ class Engine:
             if isinstance(item, _WeightsUpdate):
                 self._apply(item)
                 continue
+            if isinstance(item, Pause):
+                self._hold(item)
+                continue
             jobs, after = [item], None
             deadline = time.monotonic() + self.batch_wait_s
             while len(jobs) < self.max_batch_size:
@@ -242,14 +310,20 @@ class Engine:
                 if nxt is None:
                     stopping = True
                     break
-                if isinstance(nxt, _WeightsUpdate):
+                if isinstance(nxt, (_WeightsUpdate, Pause)):
                     after = nxt  # requests queued after it must see the new weights: close the batch
                     break
                 jobs.append(nxt)
             self._run_batch([j for j in jobs if not j.future.cancelled()])
-            if after is not None:
+            if isinstance(after, _WeightsUpdate):
                 self._apply(after)
+            elif isinstance(after, Pause):
+                self._hold(after)
         self._fail_queued()
+
+    def _hold(self, hold: Pause) -> None:
+        hold.held.set()
+        hold.released.wait()
 
     def _apply(self, update: _WeightsUpdate) -> None:
         try:
@@ -272,6 +346,8 @@ class Engine:
                 _deliver(item, EngineClosed("the engine was closed before this request ran"))
             elif isinstance(item, _WeightsUpdate):
                 item.done.set_exception(EngineClosed("the engine was closed before the update was applied"))
+            elif isinstance(item, Pause):
+                item.held.set()  # nothing runs any more: the weights are the caller's to change
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         if not jobs:
@@ -307,8 +383,16 @@ class Engine:
             )
             _deliver(seq.job, result)
 
-    @torch.inference_mode()
     def _decode(self, jobs: list[_Job]) -> list[_Sequence]:
+        with torch.inference_mode(), self._autocast():
+            return self._decode_batch(jobs)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _decode_batch(self, jobs: list[_Job]) -> list[_Sequence]:
         seqs = [
             _Sequence(
                 job=job,
@@ -423,3 +507,21 @@ def _deliver(job: _Job, outcome: GenerationResult | BaseException) -> None:
         job.loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the caller's event loop is gone; nobody is waiting
         log.debug("dropped a result: its event loop is closed")
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype | None:
+    """The torch dtype a ``dtype`` setting names on ``device`` (``auto``: bfloat16 on CUDA, else float32).
+
+    Raises:
+        BadInput: an unknown name.
+    """
+    if dtype is None:
+        return None
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise BadInput(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]

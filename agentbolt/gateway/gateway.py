@@ -9,7 +9,8 @@ A call is prepared first by ``serving_chat`` or ``serving_completion`` (everythi
 before any generation: a refused call costs no compute and stores nothing), using :meth:`Gateway.admit`,
 :meth:`Gateway.max_new_tokens` and :meth:`Gateway.generation_requests`; then :meth:`Gateway.generate`
 generates it (``n`` requests submitted together, so the engine batches them) and records it (one span per
-choice, built by ``llm_spans``, handed to the batching recorder).
+choice, built by ``llm_spans``, handed to the batching recorder; with ``answer`` span durability the call
+returns once they are stored, see ``recorder.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from agentbolt.gateway.text import TokenText, response_text
 from agentbolt.gateway.tools import choose_tool_format, parse_tool_calls
 from agentbolt.store import Store
 from agentbolt.types import ChatCompletionRequest, CompletionRequest, GenerationRequest, GenerationResult, ServerConfig
+from agentbolt.types.base import SpanDurability
+from agentbolt.types.config import SpanDurabilitySetting
 
 _MAX_RAW_REPLIES = 100_000  # tool-call replies remembered for re-rendering (oldest forgotten first)
 # A prompt of more characters than this many per token of context cannot fit (a token of ordinary text is
@@ -51,6 +54,9 @@ class Gateway:
 
     It is also the server's attempt-finish hook (``agentbolt.server.queue.AttemptFinishHook``):
     :meth:`before_finish` stores the attempt's pending spans, :meth:`after_finish` closes its calls.
+
+    ``span_durability`` is ``config.span_durability`` with ``auto`` resolved for ``store``
+    (:func:`span_durability_for`).
 
     Args:
         backend: the policy model the gateway serves.
@@ -76,6 +82,8 @@ class Gateway:
         self.config = config
         self.store = store
         self.recorder = SpanRecorder(store, interval_s=config.span_flush_interval_s)
+        self.span_durability = span_durability_for(config.span_durability, store)
+        logger.info("gateway spans are durable by the %s (store: %s)", self.span_durability, store.backend)
         self.gate = AttemptGate(store)
         self.fidelity = FidelityTracker()
         self.fidelity_refused: Counter[str] = Counter()  # strict-mode refusals per rollout (never stored)
@@ -96,7 +104,11 @@ class Gateway:
         await self.recorder.aclose()
 
     async def before_finish(self, rollout_id: str, attempt_id: str) -> None:
-        """Before the server ends an attempt: store its spans still waiting for their batched write."""
+        """Before the server ends an attempt: store its spans still waiting for their batched write.
+
+        With ``finish`` durability these are the spans of its calls answered by this process; with
+        ``answer`` durability only those of a call whose client went away before its answer.
+        """
         await self.recorder.flush(attempt_id)
 
     async def after_finish(self, rollout_id: str, attempt_id: str) -> None:
@@ -262,6 +274,9 @@ class Gateway:
     async def generate(self, call: Prepared) -> list[Choice]:
         """Generate the call's choices together, record one span per choice, and return them.
 
+        With ``answer`` span durability it returns once the spans are stored (or dropped for good: counted
+        in ``recorder.dropped`` and logged; the call is answered all the same); with ``finish``, at once.
+
         Raises:
             BadInput, UpstreamError, EngineClosed: the backend failed; nothing is recorded.
         """
@@ -271,13 +286,17 @@ class Gateway:
         ended = time.time_ns()
         choices = [self._choice(i, result, call) for i, result in enumerate(results)]
         self.calls += 1
-        self.recorder.add(call.context.attempt_id, llm_call_spans(call, choices, ended))
+        spans = llm_call_spans(call, choices, ended)
         if call.context.attempt_id is not None and call.message_keys is not None:
             replies = tuple((message_key(c.message()), c.token_ids[: c.response.text_tokens]) for c in choices)
             self.fidelity.remember(call.context.attempt_id, Turn(call.message_keys, call.prompt_ids, replies))
         for c in choices:
             if c.tool_calls:
                 self._remember_raw(c)
+        if self.span_durability == "answer":
+            await self.recorder.record(call.context.attempt_id, spans)
+        else:
+            self.recorder.add(call.context.attempt_id, spans)
         return choices
 
     def _choice(self, index: int, result: GenerationResult, call: Prepared) -> Choice:
@@ -312,6 +331,15 @@ class Gateway:
         if remembered is None or remembered[1] != message_key(message):
             return None  # not ours, or edited since: render it from its fields
         return remembered[0]
+
+
+def span_durability_for(setting: SpanDurabilitySetting, store: Store) -> SpanDurability:
+    """The span durability ``setting`` means on ``store``: ``auto`` is ``answer`` on PostgreSQL, where other
+    server processes may end an attempt whose calls this one answered, and ``finish`` on SQLite, which one
+    process serves alone (its finish hook flushes, and no call waits for a commit)."""
+    if setting != "auto":
+        return setting
+    return "answer" if store.backend == "postgresql" else "finish"
 
 
 def gateway_of(request: Request) -> Gateway:

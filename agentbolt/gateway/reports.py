@@ -52,6 +52,7 @@ async def gateway_stats(request: Request) -> GatewayStats:
         spans_recorded=gateway.recorder.recorded,
         spans_pending=gateway.recorder.pending,
         spans_dropped=gateway.recorder.dropped,
+        span_durability=gateway.span_durability,
         fidelity_checked=gateway.fidelity.checked,
         fidelity_mismatches=gateway.fidelity.mismatches,
     )

@@ -6,6 +6,9 @@ Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}`` (:func:`
 400 invalid or unsupported input (``param`` names the field), 403 no attempt named while the server requires
 one, 404 unknown model (``model_not_found``), rollout or attempt, 409 finished attempt or (strict mode)
 token-fidelity mismatch, 502/503 the backend failed. A refused call generates nothing and stores nothing.
+
+With ``answer`` span durability (``ServerConfig.span_durability``) a call's answer, or a stream's chunks
+after the first, go out once its spans are stored: ``Gateway.generate`` returns only then.
 """
 
 from __future__ import annotations

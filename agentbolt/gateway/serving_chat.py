@@ -6,7 +6,8 @@ support (in the served model's tool format, ``Gateway.tool_format``), the tokeni
 the prompt ids, and the call is checked against the model's context and the attempt's token fidelity.
 
 A stream carries exactly the content of the non-streamed response: the engine returns whole choices,
-so the chunks follow once generation is done (the first chunk, with the role, goes out at once).
+so the chunks follow once generation is done and, with ``answer`` span durability, once the call's spans
+are stored (``Gateway.generate``); the first chunk, with the role, goes out at once.
 Per choice: the role chunk, content deltas (one per token, each with that token's logprobs when asked;
 tokens that end inside a UTF-8 character are merged into the next), a tool-call delta when the reply
 called tools, the finish-reason chunk; then, with ``stream_options.include_usage``, a chunk with no

@@ -16,12 +16,15 @@ back. What it relies on from vLLM's OpenAI server (``vllm/entrypoints/openai/com
   output, as agentbolt's own engine does.
 - response: ``finish_reason`` (``stop``/``length``; errors abort the request upstream), ``usage``.
 
-Logprobs: vLLM's default ``--logprobs-mode raw_logprobs`` reports ``log_softmax(logits)`` of the raw
-model, which equals agentbolt's engine convention (``log_softmax(logits / temperature)``) only at
-temperature 1. A trainer that samples at other temperatures should start vLLM with
-``--logprobs-mode processed_logprobs`` or recompute the behaviour logprobs itself. When an upstream gives
-no usable logprobs, the result's ``logprobs`` is ``[]`` (never made-up numbers): the trainer must then
-recompute them from the recorded token ids.
+Logprobs: the trainer's PPO ratio needs agentbolt's engine convention, ``log_softmax(logits / temperature)``
+of the sampled token before any top-p truncation (``log_softmax(logits)`` when greedy). vLLM's default
+``--logprobs-mode raw_logprobs`` reports ``log_softmax(logits)``: right only at temperature 1 or 0. With
+``--logprobs-mode processed_logprobs`` (vLLM >= 0.10.2) it reports the temperature-scaled distribution
+*after* top-p/top-k masking: right whenever ``top_p`` is 1. The backend is told which mode the replicas run
+(``logprobs_mode``) and passes logprobs on only where they are right; elsewhere the result's ``logprobs`` is
+``[]`` (never wrong numbers), counted in ``stats()["unusable_logprobs"]``, and the trainer drops or
+recomputes those calls. When an upstream gives no logprobs at all, ``logprobs`` is ``[]`` as well
+(``no_logprobs``).
 
 Upstreams that return no token ids (a generic OpenAI-compatible server): the text is tokenized locally,
 the result says ``token_source="retokenized"`` with ``token_drift`` = |local count - the upstream's
@@ -152,6 +155,8 @@ class UpstreamBackend:
         down_for_s: how long a replica that refused a connection is skipped.
         max_connections: connection pool size shared by all replicas.
         connect_timeout_s: longest wait to connect to a replica before trying the next.
+        logprobs_mode: the replicas' ``--logprobs-mode``: ``raw`` (vLLM's default, ``raw_logprobs``) or
+            ``processed`` (``processed_logprobs``); decides which calls' logprobs are passed on (module docstring).
 
     Raises:
         ValueError: no URLs.
@@ -172,6 +177,7 @@ class UpstreamBackend:
         down_for_s: float = 5.0,
         max_connections: int = 256,
         connect_timeout_s: float = 5.0,
+        logprobs_mode: Literal["raw", "processed"] = "raw",
     ) -> None:
         if not urls:
             raise ValueError("UpstreamBackend needs at least one upstream URL (e.g. http://127.0.0.1:8000/v1)")
@@ -195,7 +201,15 @@ class UpstreamBackend:
         self._session: aiohttp.ClientSession | None = None  # made on first use: it binds to the running loop
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._closer: AsyncGenerator[None, None] | None = None
-        self._stats = {"requests": 0, "failovers": 0, "retokenized": 0, "token_drift_total": 0, "no_logprobs": 0}
+        self.logprobs_mode = logprobs_mode
+        self._stats = {
+            "requests": 0,
+            "failovers": 0,
+            "retokenized": 0,
+            "token_drift_total": 0,
+            "no_logprobs": 0,
+            "unusable_logprobs": 0,
+        }
         self._warned_retokenized = False
 
     # --- Backend protocol ------------------------------------------------------------------------------
@@ -204,6 +218,11 @@ class UpstreamBackend:
     def model_version(self) -> int:
         """The weights version the upstreams serve now, as last set by the trainer."""
         return self._version
+
+    @property
+    def urls(self) -> list[str]:
+        """The replicas' base URLs (``.../v1``), in the order given."""
+        return list(self._urls)
 
     def set_model_version(self, version: int) -> None:
         """Record that the upstreams now serve weights ``version`` (call after pushing them new weights)."""
@@ -245,6 +264,12 @@ class UpstreamBackend:
         now = time.monotonic()
         down = sum(1 for r in self._replicas.values() if r.down_until > now)
         return {**self._stats, "replicas_down": down}
+
+    def logprobs_usable(self, request: GenerationRequest) -> bool:
+        """Whether the replicas' logprobs for ``request`` follow the engine convention (see the module docstring)."""
+        if self.logprobs_mode == "processed":  # greedy under processed_logprobs is not documented: not passed on
+            return request.top_p >= 1.0 and request.temperature > 0
+        return request.temperature in (0.0, 1.0)
 
     # --- request -------------------------------------------------------------------------------------
 
@@ -354,6 +379,9 @@ class UpstreamBackend:
             top = _top_logprobs(choice.logprobs, len(ids), request.top_logprobs)
             if logprobs is None:
                 self._stats["no_logprobs"] += 1
+            elif not self.logprobs_usable(request):
+                logprobs = None
+                self._stats["unusable_logprobs"] += 1
             return GenerationResult(
                 response_token_ids=ids,
                 logprobs=logprobs or [],

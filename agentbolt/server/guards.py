@@ -6,11 +6,23 @@ They are plain ASGI (not BaseHTTPMiddleware) so they add microseconds, not milli
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentbolt.errors import error_body
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address to bind) is this machine only: a server there may run without a key."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 # Reachable without a key: liveness probes and the API's own documentation.
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})

@@ -7,7 +7,8 @@ One step of the loop, top to bottom (synchronous on-policy by default):
    LLM calls go through the server's gateway to the embedded engine, which records every call as a span;
 3. wait for the rollouts to finish, read them and their spans back (:meth:`TrainingRun._read_finished`);
 4. ``prepare_batch``: spans → transitions → AIR + credit → advantages → samples;
-5. ``Trainer.step``: one policy update; the new weights go to the engine (model version + 1);
+5. ``PolicyTrainer.step``: one policy update; the new weights reach whatever serves rollouts (model version + 1).
+   Which trainer and which engine: :mod:`agentbolt.train.policy` (embedded, vLLM, VeRL);
 6. log metrics (console, JSONL, TensorBoard); validate every ``val_every`` steps.
 
 With ``max_staleness = k > 0`` the rollouts of the next steps are enqueued before the current update,
@@ -20,9 +21,9 @@ This module composes the stages (server, gateway, engine, client, trainer); the 
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from agentbolt.adapter import build_episode
 from agentbolt.client.http import ServerClient
 from agentbolt.client.rollout import load_function
+from agentbolt.errors import BadInput
 from agentbolt.train.tasks import load_tasks
 from agentbolt.train.workers import WorkerProcesses
 from agentbolt.trainer.batch import prepare_batch, tool_use_rates
@@ -47,9 +49,8 @@ from agentbolt.types import (
 )
 
 if TYPE_CHECKING:
-    from agentbolt.engine import Engine
     from agentbolt.trainer.metrics import MetricsLog
-    from agentbolt.trainer.trainer import Trainer
+    from agentbolt.trainer.policy import PolicyTrainer
 
 log = logging.getLogger(__name__)
 
@@ -92,74 +93,105 @@ class TrainingRun:
         self.val_tasks = load_tasks(config.val_tasks, self.base_dir) if config.val_tasks else []
         load_function(config.agent, "agent")  # fail now, not inside a worker process
         self.server_url: str | None = None  # set once the run's server is up
+        self.api_key: str | None = None  # the run's server's key (config.server.api_key or AGENTBOLT_API_KEY)
         self._workers: WorkerProcesses | None = None
         self._loop_started = 0.0  # for the ETA: when the first step of this process began, and its number
         self._first_step = 0
 
     def run(self) -> dict[str, Any]:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
-        from agentbolt.engine import Engine
-        from agentbolt.gateway.backend import EngineBackend, fixed_backends_from_config
-        from agentbolt.models import load_tokenizer_and_model
+        from agentbolt.gateway.backend import fixed_backends_from_config
         from agentbolt.server.background import BackgroundServer
+        from agentbolt.train.policy import build_policy
         from agentbolt.trainer.checkpoint import list_checkpoints
         from agentbolt.trainer.metrics import MetricsLog, write_reward_curve
-        from agentbolt.trainer.trainer import Trainer
 
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
         started = time.monotonic()
 
-        tokenizer, model = load_tokenizer_and_model(cfg.model)
+        policy = build_policy(
+            cfg, self.run_dir
+        )  # the trainer, and the engine (or vLLM / VeRL replicas) serving its rollouts
+        server_config = self._server_config()
         engine_kwargs: dict[str, Any] = {
             "device": cfg.engine.device,
             "max_batch_size": cfg.engine.max_batch_size,
             "batch_wait_s": cfg.engine.batch_wait_s,
         }
-        engine = Engine(copy.deepcopy(model), tokenizer, **engine_kwargs)
-        backend = EngineBackend(engine, cfg.served_model)
-        server_config = ServerConfig(
-            port=0,
-            store_url=f"sqlite:///{self.run_dir / 'agentbolt.db'}",
-            served_model=cfg.served_model,
-            fixed_models=cfg.fixed_models,
-            tool_format=cfg.tool_format,
-        )
-        fixed = fixed_backends_from_config(server_config, **engine_kwargs)  # served as they are, never updated
-        with BackgroundServer(server_config, backend=backend, fixed=fixed) as server, self._start_workers(server.url):
-            self.server_url = server.url
-            self._say(
-                f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
-                f"{cfg.workers} worker process(es) x {cfg.worker_concurrency} rollouts; "
-                f"{cfg.steps} steps of {cfg.tasks_per_step} tasks x {cfg.group_size} rollouts"
-            )
-            trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss, engine=engine)
-            ckpt_dir = self.run_dir / "checkpoints"
-            resume_step = None
-            if cfg.resume and list_checkpoints(ckpt_dir):
-                resume_step = trainer.resume(ckpt_dir).step
-            metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, resume_step=resume_step)
-            try:
-                summary = asyncio.run(self._loop(server.url, trainer, engine, metrics))
-                summary["checkpoint"] = str(trainer.save(ckpt_dir))
-            finally:
-                metrics.close()
-        engine.close()
-        for b in fixed:
-            b.engine.close()
+        trainer, fixed = policy.trainer, []
+        try:
+            fixed = fixed_backends_from_config(server_config, **engine_kwargs)  # served as they are, never updated
+            with (
+                BackgroundServer(server_config, backend=policy.backend, fixed=fixed) as server,
+                self._start_workers(server.url),
+            ):
+                self.server_url = server.url
+                self._say(
+                    f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
+                    f"{cfg.workers} worker process(es) x {cfg.worker_concurrency} rollouts; "
+                    f"{cfg.steps} steps of {cfg.tasks_per_step} tasks x {cfg.group_size} rollouts; "
+                    f"{policy.description}"
+                )
+                if not cfg.workers:
+                    self._say(
+                        f"workers: 0 — start them where the agent runs: agentbolt worker {cfg.agent} "
+                        f"--server {server.url} -n {cfg.worker_concurrency} --model {cfg.served_model}"
+                        + (" --api-key ..." if self.api_key else "")
+                    )
+                ckpt_dir = self.run_dir / "checkpoints"
+                resume_step = None
+                if cfg.resume and list_checkpoints(ckpt_dir):
+                    resume_step = trainer.resume(ckpt_dir).step
+                metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, resume_step=resume_step)
+                try:
+                    summary = asyncio.run(self._loop(server.url, trainer, metrics))
+                    summary["checkpoint"] = str(trainer.save(ckpt_dir))
+                finally:
+                    metrics.close()
+        finally:
+            policy.close()
+            for b in fixed:
+                b.engine.close()
         curve = write_reward_curve(metrics.history, self.run_dir / "reward_curve.png")
         summary.update(wall_clock_s=time.monotonic() - started, run_dir=str(self.run_dir), reward_curve=str(curve))
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def _server_config(self) -> ServerConfig:
+        """The run's server (``config.server``): loopback and SQLite in the run dir unless told otherwise.
+
+        Raises:
+            BadInput: a host other than loopback without an API key.
+        """
+        from agentbolt.server.guards import is_loopback
+
+        cfg, where = self.config, self.config.server
+        api_key = where.api_key or os.environ.get("AGENTBOLT_API_KEY") or None
+        if not api_key and not is_loopback(where.host):
+            raise BadInput(
+                f"server.host {where.host} is reachable from other machines: give server.api_key "
+                "(or set AGENTBOLT_API_KEY), or keep the server on 127.0.0.1"
+            )
+        self.api_key = api_key
+        return ServerConfig(
+            host=where.host,
+            port=where.port,
+            store_url=where.store_url or f"sqlite:///{self.run_dir / 'agentbolt.db'}",
+            api_key=api_key,
+            served_model=cfg.served_model,
+            fixed_models=cfg.fixed_models,
+            tool_format=cfg.tool_format,
+        )
+
     # --- the loop ---------------------------------------------------------------------------
 
-    async def _loop(self, server_url: str, trainer: Trainer, engine: Engine, metrics: MetricsLog) -> dict[str, Any]:
+    async def _loop(self, server_url: str, trainer: PolicyTrainer, metrics: MetricsLog) -> dict[str, Any]:
         cfg = self.config
         summary: dict[str, Any] = {"steps": 0}
-        async with ServerClient(server_url) as client:
-            await client.add_model_version(ModelVersionCreate(version=engine.model_version, model=cfg.served_model))
+        async with ServerClient(server_url, api_key=self.api_key) as client:
+            await client.add_model_version(ModelVersionCreate(version=trainer.model_version, model=cfg.served_model))
             first_step = trainer.steps_done
             if self.val_tasks and first_step == 0:  # a resumed run validated before its first step already
                 val = await self._validate(client)
@@ -175,7 +207,7 @@ class TrainingRun:
                 rollouts, spans = await self._collect(client, batch.rollout_ids)
                 collect_s = time.monotonic() - collect_started
                 samples, report = prepare_batch(rollouts, spans, cfg.rl)
-                fresh = [s for s in samples if _lag(s, engine.model_version) <= cfg.max_staleness]
+                fresh = [s for s in samples if _lag(s, trainer.model_version) <= cfg.max_staleness]
                 stale, samples = len(samples) - len(fresh), fresh
                 row: dict[str, float] = dict(report.metrics())
                 row.update({"collect_s": collect_s, "transitions/dropped/stale": float(stale)})
@@ -184,12 +216,12 @@ class TrainingRun:
                     row.update(trainer.step(samples))
                     row["train_s"] = time.monotonic() - train_started
                     await client.add_model_version(
-                        ModelVersionCreate(version=engine.model_version, model=cfg.served_model)
+                        ModelVersionCreate(version=trainer.model_version, model=cfg.served_model)
                     )
                 else:
                     row["skipped_update"] = 1.0  # every group was uninformative: nothing to learn from
                     trainer.skip_step()
-                row["model_version"] = float(engine.model_version)
+                row["model_version"] = float(trainer.model_version)
                 last = step + 1 == cfg.steps
                 if self.val_tasks and (last or (cfg.val_every and (step + 1) % cfg.val_every == 0)):
                     val = await self._validate(client)
@@ -290,6 +322,7 @@ class TrainingRun:
             name=cfg.name,
             cwd=self.base_dir,
             log_path=self.run_dir / "workers.log",
+            api_key=self.api_key,
         )
         return self._workers
 

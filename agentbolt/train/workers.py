@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ class WorkerProcesses:
         name: prefix of the worker ids (``NAME-w0``, ``NAME-w1``...).
         cwd: the directory the processes run in.
         log_path: where their output goes.
+        api_key: the server's API key, handed to the processes in ``AGENTBOLT_API_KEY``.
     """
 
     def __init__(
@@ -39,12 +41,15 @@ class WorkerProcesses:
         name: str,
         cwd: Path,
         log_path: Path,
+        api_key: str | None = None,
     ) -> None:
         self.command = [
             sys.executable, "-m", "agentbolt", "worker", agent,
             "--server", server_url, "-n", str(concurrency), "--model", model,
         ]  # fmt: skip
         self.count, self.name, self.cwd, self.log_path = count, name, cwd, log_path
+        # The key travels in the environment (agentbolt worker reads AGENTBOLT_API_KEY), never on a command line.
+        self.env = {**os.environ, "AGENTBOLT_API_KEY": api_key} if api_key else None
         self.procs: list[subprocess.Popen[bytes]] = []
         self._log: IO[bytes] | None = None
 
@@ -52,7 +57,11 @@ class WorkerProcesses:
         self._log = self.log_path.open("ab")
         self.procs = [
             subprocess.Popen(
-                [*self.command, "--worker-id", f"{self.name}-w{i}"], cwd=self.cwd, stdout=self._log, stderr=self._log
+                [*self.command, "--worker-id", f"{self.name}-w{i}"],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=self._log,
+                stderr=self._log,
             )
             for i in range(self.count)
         ]

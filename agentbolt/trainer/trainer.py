@@ -8,9 +8,13 @@ the PPO-clip loss against the behaviour log-probabilities the gateway recorded; 
 over the micro-batches (the per-token weights are computed over the whole batch, so the sum of
 micro-batch losses *is* the batch loss), then the gradient norm is clipped and the optimizer steps.
 The new weights go to the engine as model version + 1 (for LoRA, the adapter merged into full weights
-on the fly; the adapter keeps training).
+on the fly; the adapter keeps training) — or, when the engine shares the trainer's model (``Engine(...,
+shared=True)``, one copy of the weights in memory), the engine is paused between batches for the update and
+resumed on the new version: nothing is copied.
 
-Weights and optimizer state are float32; on CUDA the forward runs under bf16 autocast.
+Trained weights and optimizer state are float32; on CUDA (or with ``dtype: bfloat16``) the forward runs under
+bf16 autocast. With LoRA and bf16 the frozen base weights are stored in bf16 too (only the adapter trains, in
+float32), which halves the base model's memory.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -54,7 +58,10 @@ _SEED_MIX_RUN, _SEED_MIX_STEP = 1_000_003, 1_009
 
 class WeightSink(Protocol):
     """Where the trainer sends each new version of the weights: an :class:`agentbolt.engine.Engine`, or anything
-    that serves them the same way."""
+    that serves them the same way (``agentbolt.gateway.weight_sync.VllmWeightSync`` for vLLM replicas).
+
+    A sink whose ``takes_adapters`` is true is sent a LoRA trainer's adapter instead of merged full weights:
+    ``update_adapter(write, version)``, where ``write(directory)`` saves the adapter in PEFT's layout."""
 
     @property
     def model_version(self) -> int:
@@ -105,7 +112,8 @@ class Trainer:
         config: optimiser, micro-batching, LoRA, device and checkpoint settings.
         loss: PPO-clip bounds, KL coefficient, loss aggregation.
         engine: where new weights go after each update (:class:`WeightSink`; the embedded
-            :class:`agentbolt.engine.Engine`).
+            :class:`agentbolt.engine.Engine`, or one made later over :attr:`model` with ``shared=True`` and
+            given with :meth:`serve_with`).
         on_new_version: called with the new model version once the engine serves it (e.g. to post a
             ModelVersion record to the server).
 
@@ -114,7 +122,7 @@ class Trainer:
     global generators as they were.
 
     Raises:
-        BadInput: the engine holds the very same model object.
+        BadInput: the engine holds the very same model object without being a shared engine.
     """
 
     def __init__(
@@ -126,8 +134,11 @@ class Trainer:
         engine: WeightSink | None = None,
         on_new_version: Callable[[int], None] | None = None,
     ) -> None:
-        if engine is not None and getattr(engine, "model", None) is model:
-            raise BadInput("the trainer and the engine share one model object: give the engine its own copy")
+        if engine is not None and getattr(engine, "model", None) is model and not getattr(engine, "shared", False):
+            raise BadInput(
+                "the trainer and the engine share one model object: give the engine its own copy, or make it "
+                "with shared=True over the trainer's model and pass it to serve_with()"
+            )
         self.config, self.loss_config = config, loss
         self.tokenizer, self.engine, self.on_new_version = tokenizer, engine, on_new_version
         self.device = default_device(config.device)
@@ -137,12 +148,14 @@ class Trainer:
 
         self.reference: Any | None = None  # frozen reference for the KL penalty; None with LoRA = adapter off
         with self._random.active():  # a LoRA adapter starts from random weights
-            model = model.to(self.device, dtype=torch.float32)
+            # The weights that train are float32; LoRA's frozen base need not be when the compute is bf16.
+            frozen_bf16 = config.lora is not None and bf16
+            model = model.to(self.device, dtype=torch.bfloat16 if frozen_bf16 else torch.float32)
             if loss.kl_coef > 0:
                 if config.reference_model is not None:
                     self.reference = load_tokenizer_and_model(config.reference_model)[1].to(self.device)
-                elif config.lora is None:
-                    self.reference = copy.deepcopy(model)
+                elif config.lora is None:  # frozen, used under autocast only: bf16 storage is enough there
+                    self.reference = copy.deepcopy(model).to(dtype=torch.bfloat16 if bf16 else torch.float32)
                 if self.reference is not None:
                     self.reference.requires_grad_(False).eval()
             if config.lora is not None:
@@ -166,6 +179,46 @@ class Trainer:
         self.steps_done = 0
         self.model_version: int = engine.model_version if engine is not None else 0
 
+    def serve_with(self, engine: WeightSink) -> None:
+        """Send new weights to ``engine`` from now on; an engine made with ``shared=True`` over :attr:`model`
+        is paused for each update instead (the trainer's model version becomes its version)."""
+        self.engine = engine
+        if self._shares_engine:
+            self._engine_version(self.model_version)
+        elif self._sends_adapter:  # the replicas have no adapter yet: send the starting one
+            self._publish(self.model_version)
+        else:
+            self.model_version = engine.model_version
+
+    @property
+    def _sends_adapter(self) -> bool:
+        return self.config.lora is not None and getattr(self.engine, "takes_adapters", False)
+
+    @property
+    def _shares_engine(self) -> bool:
+        return getattr(self.engine, "shared", False) and getattr(self.engine, "model", None) is self.model
+
+    @contextlib.contextmanager
+    def _engine_held(self) -> Iterator[None]:
+        """While the weights change in place: a shared engine stands between batches, then serves the new
+        version (the trainer's :attr:`model_version` when the block ends)."""
+        if not self._shares_engine:
+            yield
+            return
+        engine = cast(Any, self.engine)
+        hold = engine.pause()
+        try:
+            yield
+        finally:
+            engine.resume(hold, self.model_version)
+
+    def _engine_version(self, version: int) -> None:
+        engine = cast(Any, self.engine)
+        engine.resume(engine.pause(), version)
+
+    def close(self) -> None:
+        """Release what the trainer holds beyond memory (nothing, for the embedded trainer)."""
+
     # --- one policy update -------------------------------------------------------------------------
 
     def skip_step(self) -> None:
@@ -185,7 +238,7 @@ class Trainer:
             BadInput: a sample is unusable (empty response, logprobs not one per token, too long...).
         """
         check_samples(samples, self.vocab_size, self.max_context)
-        with self._random.active():  # dropout draws from the trainer's own random streams
+        with self._engine_held(), self._random.active():  # dropout draws from the trainer's own random streams
             return self._step(samples)
 
     def _step(self, samples: list[Sample]) -> dict[str, float]:
@@ -331,8 +384,12 @@ class Trainer:
         return merged
 
     def _publish(self, version: int) -> None:
-        """Make ``version`` the current model version: the engine serves it, then the callback hears of it."""
-        if self.engine is not None:
+        """Make ``version`` the current model version: the engine serves it, then the callback hears of it.
+
+        A shared engine is held while this runs (:meth:`_engine_held`) and serves ``version`` once resumed."""
+        if self._sends_adapter:
+            cast(Any, self.engine).update_adapter(self.model.save_pretrained, version).result()
+        elif self.engine is not None and not self._shares_engine:
             self.engine.update_weights(self.engine_state_dict(), version).result()
         self.model_version = version
         if self.on_new_version is not None:
@@ -401,6 +458,20 @@ class Trainer:
             changed = [k for k in TrainerConfig.model_fields if getattr(state.config, k) != getattr(self.config, k)]
             log.warning("resuming %s with changed trainer settings: %s", checkpoint, ", ".join(changed))
 
+        with self._engine_held():
+            self._load_weights(checkpoint, state)
+            self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location=self.device))
+            with self._random.active():  # the checkpoint's states become the trainer's own streams
+                set_rng_state(torch.load(checkpoint / RNG_FILE))
+            self.steps_done = state.step
+            self.model_version = state.model_version
+        if self.engine is not None and not self._shares_engine:
+            # the engine serves the resumed weights; the version record already exists
+            self._publish(state.model_version)
+        log.info("resumed from %s: step %d, model version %d", checkpoint, state.step, state.model_version)
+        return state
+
+    def _load_weights(self, checkpoint: Path, state: TrainerCheckpoint) -> None:
         if state.lora:
             from peft import set_peft_model_state_dict
 
@@ -416,15 +487,6 @@ class Trainer:
                     f"checkpoint {checkpoint} does not fit the model: missing {missing[:5]}, "
                     f"unexpected {unexpected[:5]}"
                 )
-        self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, map_location=self.device))
-        with self._random.active():  # the checkpoint's states become the trainer's own streams
-            set_rng_state(torch.load(checkpoint / RNG_FILE))
-        self.steps_done = state.step
-        self.model_version = state.model_version
-        if self.engine is not None:  # the engine serves the resumed weights; the version record already exists
-            self.engine.update_weights(self.engine_state_dict(), state.model_version).result()
-        log.info("resumed from %s: step %d, model version %d", checkpoint, state.step, state.model_version)
-        return state
 
 
 def _add(sums: dict[str, float], key: str, value: float) -> None:

@@ -12,6 +12,9 @@ JSONValue = Any
 
 RolloutMode = Literal["train", "val", "test"]
 
+SpanDurability = Literal["answer", "finish"]
+"""When the gateway stores a call's spans: before it answers, or by its attempt's finish (gateway/recorder.py)."""
+
 # The bounds policy: every number from outside that reaches the store (SQLite, PostgreSQL) or the
 # trainer is one of these types, so an out-of-range value is a 400 naming its field, never a driver error.
 # Integers are strict (JSON ``true`` is not 1); floats are finite (a NaN reward would poison a step).

@@ -11,6 +11,8 @@ from agentbolt.types.rl import RLConfig
 
 # How the gateway writes tools into prompts (agentbolt/gateway/tools.py): auto picks by model family.
 ToolFormatSetting = Literal["auto", "hermes", "pythonic"]
+# When gateway spans are durable (SpanDurability); auto picks by store: PostgreSQL answer, SQLite finish.
+SpanDurabilitySetting = Literal["auto", "answer", "finish"]
 
 
 class ServerConfig(_Model):
@@ -64,7 +66,18 @@ class ServerConfig(_Model):
         default=4096, ge=1, description="Response length limit of calls that give no max_tokens (within the context)."
     )
     span_flush_interval_s: float = Field(
-        default=0.005, gt=0, le=10, description="Gateway spans are written in batches at most this far apart."
+        default=0.005,
+        gt=0,
+        le=10,
+        description="With finish durability, gateway spans are written in batches at most this far apart.",
+    )
+    span_durability: SpanDurabilitySetting = Field(
+        default="auto",
+        description="When a gateway call's spans are durable. answer: before the call is answered (commits still "
+        "grouped: one serves every call that came while the last one ran), so a finish through any server process "
+        "finds them; finish: the call is answered at once and its spans written within span_flush_interval_s, "
+        "and finishing its attempt *on this process* flushes them. auto: answer on PostgreSQL (several server "
+        "processes may share the store), finish on SQLite (one process).",
     )
 
 
@@ -98,9 +111,27 @@ class LoraSettings(_Model):
     )
 
 
-class TrainerConfig(_Model):
-    """Settings of the embedded policy trainer: optimiser, micro-batching, LoRA or full fine-tuning, checkpoints."""
+TrainerBackend = Literal["embedded", "verl"]
 
+
+class TrainerConfig(_Model):
+    """Settings of the policy trainer: which backend, optimiser, micro-batching, LoRA or full fine-tuning, checkpoints.
+
+    The fields below ``backend`` and ``verl`` are the embedded trainer's; the VeRL backend takes its own
+    settings in ``verl`` (VeRL's names, passed through) and reads only ``lr``, ``seed`` and ``lora`` here.
+    """
+
+    backend: TrainerBackend = Field(
+        default="embedded",
+        description="embedded: PyTorch in the run's process, on one device. verl: VeRL's Ray workers (FSDP actor) "
+        "do the update and serve rollouts from their vLLM/SGLang replicas (the `verl` extra; see docs/cluster.md).",
+    )
+    verl: dict[str, JSONValue] = Field(
+        default_factory=dict,
+        description="With backend verl: overrides of VeRL's own config (its dotted names, e.g. "
+        "'actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu': 4, 'trainer.n_gpus_per_node': 8), passed "
+        "through unchanged.",
+    )
     lr: float = Field(default=1e-5, gt=0, description="AdamW learning rate (after warm-up).")
     warmup_steps: int = Field(default=0, ge=0, description="Policy updates over which the lr rises linearly to lr.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW decoupled weight decay.")
@@ -173,16 +204,89 @@ class TaskSource(_Model):
         return self
 
 
-class EngineConfig(_Model):
-    """The embedded inference engine of `agentbolt train`."""
+class VllmEngineSettings(_Model):
+    """Rollouts on running ``vllm serve`` replicas (``engine.backend: vllm``) and how trained weights reach them.
 
+    Start each replica from the same model, e.g. ``VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --logprobs-mode
+    processed_logprobs`` (plus ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1`` for ``lora``, or
+    ``--weight-transfer-config '{"backend": "nccl"}'`` for ``nccl``); docs/cluster.md has the whole recipe.
+    """
+
+    urls: list[str] = Field(min_length=1, description="The replicas' base URLs, e.g. http://gpu1:8000/v1.")
+    model: str | None = Field(
+        default=None,
+        description="The model name the replicas serve (vllm serve's model or --served-model-name); "
+        "default the train config's `model`.",
+    )
+    api_key: str | None = Field(default=None, repr=False, description="The replicas' API key (vllm serve --api-key).")
+    weight_sync: Literal["disk", "lora", "nccl"] = Field(
+        default="disk",
+        description="How each new version reaches the replicas: disk (safetensors in weights_dir, then vLLM's "
+        "reload_weights), lora (the adapter in weights_dir, loaded in place over /v1/load_lora_adapter; needs "
+        "trainer.lora), nccl (vLLM's native NCCL weight transfer, GPU to GPU; needs vllm beside the trainer).",
+    )
+    weights_dir: str | None = Field(
+        default=None,
+        description="Where disk/lora write each version (the replicas read the same path); default RUN_DIR/weights.",
+    )
+    lora_name: str = Field(default="agentbolt-policy", min_length=1, description="The adapter's name on the replicas.")
+    nccl_master: str = Field(
+        default="127.0.0.1:29600", description="host:port the trainer opens for NCCL weight transfer (nccl)."
+    )
+    logprobs_mode: Literal["raw", "processed"] = Field(
+        default="processed",
+        description="The replicas' --logprobs-mode: processed (processed_logprobs, right at any temperature with "
+        "top_p 1) or raw (raw_logprobs, vLLM's default: right only at temperature 1). Calls whose logprobs would "
+        "be wrong are recorded without them.",
+    )
+
+
+class EngineConfig(_Model):
+    """What serves the policy's rollouts in `agentbolt train`: the embedded engine, or vLLM servers."""
+
+    backend: Literal["embedded", "vllm"] = Field(
+        default="embedded",
+        description="embedded: agentbolt's engine in the run's process. vllm: `vllm serve` replicas at `urls`, "
+        "sent the new weights after each update (see `weight_sync`).",
+    )
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; default: a GPU if any, else the CPU.")
     max_batch_size: int = Field(default=64, ge=1, description="Most sequences decoded together.")
     batch_wait_s: float = Field(default=0.01, ge=0, description="How long a batch waits for more requests to join.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="Embedded engine's compute dtype; auto: bfloat16 on CUDA, else float32."
+    )
+    vllm: VllmEngineSettings | None = Field(default=None, description="The replicas, with backend vllm.")
+    share_weights: bool = Field(
+        default=True,
+        description="Embedded engine on the trainer's device: decode with the trainer's own model (one copy of the "
+        "weights; generation pauses during each update). false: the engine keeps its own copy and is sent the "
+        "weights after each update, so collection can overlap the update (max_staleness > 0).",
+    )
+
+
+class RunServerSettings(_Model):
+    """The Lightning Server `agentbolt train` starts: where it listens and which store it writes to.
+
+    The defaults keep everything on this machine (loopback, SQLite in the run directory). For agents on other
+    machines (``workers: 0`` and ``agentbolt worker ... --server URL`` there), listen on a reachable address with
+    an API key, and use PostgreSQL to run several server processes (docs/cluster.md).
+    """
+
+    host: str = Field(default="127.0.0.1", description="Interface to bind; any but loopback needs an api_key.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port to listen on; 0: a free one.")
+    store_url: str | None = Field(
+        default=None, description="sqlite:///PATH or postgresql+asyncpg://...; default sqlite:///RUN_DIR/agentbolt.db."
+    )
+    api_key: str | None = Field(
+        default=None, repr=False, description="Required on every request; default the AGENTBOLT_API_KEY variable."
+    )
 
 
 class TrainConfig(_Model):
     """Settings of `agentbolt train`: the agent, its tasks, the model, and how to train it.
+
+    Raises (validation): ``engine.backend: vllm`` without ``engine.vllm``; ``weight_sync: lora`` without
+    ``trainer.lora``.
 
     Paths are relative to the directory `agentbolt train` runs in.
     """
@@ -224,7 +328,11 @@ class TrainConfig(_Model):
     val_success_threshold: float = Field(
         default=1.0, description="A validation rollout with reward >= this counts as a success (accuracy)."
     )
-    workers: int = Field(default=1, ge=1, description="Worker processes running the agent.")
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description="Worker processes the run starts for the agent; 0: none (workers elsewhere connect to `server`).",
+    )
     worker_concurrency: int = Field(default=16, ge=1, description="Rollouts each worker process runs at once.")
     rollout_timeout_s: float = Field(default=300.0, gt=0, description="Wall-clock limit of one attempt.")
     max_staleness: int = Field(
@@ -242,6 +350,16 @@ class TrainConfig(_Model):
         default=0, ge=0, description="Save a checkpoint every this many steps (0: only at the end)."
     )
     tensorboard: bool = Field(default=True, description="Also write TensorBoard event files.")
+    server: RunServerSettings = Field(default_factory=RunServerSettings)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @model_validator(mode="after")
+    def _backends_fit(self) -> TrainConfig:
+        vllm = self.engine.vllm
+        if self.engine.backend == "vllm" and vllm is None:
+            raise ValueError("engine.backend vllm needs engine.vllm (at least `urls`)")
+        if self.engine.backend == "vllm" and vllm is not None and vllm.weight_sync == "lora" and not self.trainer.lora:
+            raise ValueError("engine.vllm.weight_sync lora needs trainer.lora (the adapter is what is sent)")
+        return self

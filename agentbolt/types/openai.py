@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agentbolt.types.base import JSONValue, _Model
+from agentbolt.types.base import JSONValue, SpanDurability, _Model
 
 # Gateway (agentbolt/gateway): the OpenAI-compatible request bodies it validates, and the response
 # shapes it sends (built as plain dicts on the hot path; these models document them in /docs).
@@ -285,7 +285,11 @@ class GatewayStats(_Model):
     calls: int = Field(description="Calls answered (each may have several choices).")
     refused: int = Field(description="Calls answered with a 4xx.")
     spans_recorded: int
-    spans_pending: int = Field(description="Spans waiting for their batched write.")
+    spans_pending: int = Field(description="Calls whose spans wait for their batched write.")
     spans_dropped: int = Field(description="Spans the store refused or could not take after retries (logged).")
+    span_durability: SpanDurability = Field(
+        description="answer: a call is answered once its spans are stored; finish: at once, its spans stored "
+        "within the flush interval or when its attempt finishes on this process."
+    )
     fidelity_checked: int
     fidelity_mismatches: int

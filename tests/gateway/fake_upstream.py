@@ -65,6 +65,7 @@ class FakeUpstream:
         self._ready = threading.Event()
         self._stopping: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.last_query = ""  # the query string of the request being answered
 
     @property
     def url(self) -> str:
@@ -160,7 +161,8 @@ class FakeUpstream:
                 self.headers_seen.append(headers)
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
-                status, payload, extra = self._answer(method, path.split("?", 1)[0], body)
+                route, _, self.last_query = path.partition("?")
+                status, payload, extra = self._answer(method, route, body)
                 out = [
                     f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
                     "Content-Type: application/json",

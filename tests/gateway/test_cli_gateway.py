@@ -27,6 +27,14 @@ def test_fetch_demo_prints_the_path_of_the_cached_gguf() -> None:
         (["--model", "tiny", "--fixed-model", "reviewer"], "NAME=MODEL"),
         (["--model", "tiny", "--fixed-model", "policy=tiny"], "used twice"),
         (["--fixed-model", "reviewer=tiny"], "beside the policy"),
+        (
+            [
+                *("--store", "postgresql+asyncpg://u@127.0.0.1:1/db", "--workers", "2", "--span-durability", "finish"),
+                *("--upstream", "http://127.0.0.1:9/v1", "--tokenizer", "demo"),
+            ],
+            "--span-durability finish",
+        ),
+        (["--span-flush-interval", "0"], "--span-flush-interval"),
     ],
 )
 def test_serve_refuses_inconsistent_model_flags(args: list[str], complaint: str) -> None:

@@ -64,14 +64,15 @@ async def test_sends_token_ids_and_maps_ids_and_logprobs_back(
     backend: UpstreamBackend, fakes: list[FakeUpstream], tokenizer: Any, reply_ids: list[int]
 ) -> None:
     ids = prompt(tokenizer)
+    # At temperature 1 vLLM's default raw logprobs are the engine convention, so they are passed on.
     request = GenerationRequest(
-        prompt_token_ids=ids, max_new_tokens=20, temperature=0.7, top_p=0.9, seed=3, stop_token_ids=[7], top_logprobs=2
+        prompt_token_ids=ids, max_new_tokens=20, temperature=1.0, top_p=0.9, seed=3, stop_token_ids=[7], top_logprobs=2
     )
     result = await backend.generate(request)
 
     body = next(b for f in fakes for b in f.requests)
     assert body["prompt"] == ids and body["model"] == "smollm2"
-    assert body["max_tokens"] == 20 and body["temperature"] == 0.7 and body["top_p"] == 0.9 and body["seed"] == 3
+    assert body["max_tokens"] == 20 and body["temperature"] == 1.0 and body["top_p"] == 0.9 and body["seed"] == 3
     assert body["stop_token_ids"] == [7] and body["logprobs"] == 2
     assert body["return_token_ids"] is True and body["skip_special_tokens"] is False
     assert next(h for f in fakes for h in f.headers_seen)["authorization"] == "Bearer sk-up"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from agentbolt.types import (  # noqa: E402
     Rollout,
     RolloutConfig,
     RolloutCreate,
+    RolloutQuery,
     RolloutStatus,
     RolloutWithSpans,
     TaskSource,
@@ -154,3 +156,52 @@ def test_validation_scores_a_rollout_without_reward_as_zero_and_counts_it(tmp_pa
     run = TrainingRun(config, base_dir=ROOT)
     val = asyncio.run(run._validate(FinishedAtOnce([1.0, None, 0.5, 1.0])))  # type: ignore[arg-type]
     assert val == {"reward_mean": 2.5 / 4, "accuracy": 0.5, "n": 4.0, "no_reward": 1.0}
+
+
+@pytest.mark.postgres
+async def test_train_on_postgres_with_a_key_and_workers_started_elsewhere(tmp_path: Path, postgres_url: str) -> None:
+    """The scale-out shape of a run: its server on PostgreSQL behind an API key, no worker processes of its own,
+    an `agentbolt worker` started separately; the engine keeps its own copy of the weights (share_weights off)."""
+    import httpx
+
+    from agentbolt.server.background import free_port
+    from agentbolt.store import Store
+
+    port, key = free_port(), "sk-run-key"
+    extra = (
+        f"workers: 0\nserver: {{port: {port}, store_url: '{postgres_url}', api_key: {key}}}\n"
+        "engine: {share_weights: false}\n"
+    )
+    trainer = asyncio.create_task(asyncio.to_thread(train, tmp_path, extra))
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            try:
+                if (await client.get(f"{url}/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+        assert (await client.get(f"{url}/api/rollouts")).status_code == 401  # the key is required
+    worker = subprocess.Popen(  # noqa: ASYNC220 (started once, then awaited on a thread)
+        [sys.executable, "-m", "agentbolt", "worker", "tests.trainer.e2e_agent:solve", "--server", url, "-n", "12"],
+        cwd=ROOT,
+        env={**os.environ, "AGENTBOLT_API_KEY": key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        run_dir = await trainer
+    finally:
+        worker.terminate()
+        await asyncio.to_thread(worker.wait, 30)
+    assert not (run_dir / "agentbolt.db").exists()  # the store was PostgreSQL
+    store = Store(postgres_url)
+    await store.open()
+    try:
+        rollouts = (await store.query_rollouts(RolloutQuery(mode="train", limit=1000))).items
+    finally:
+        await store.close()
+    assert len(rollouts) == 2 * 2 * 6 and all(r.status == RolloutStatus.SUCCEEDED for r in rollouts)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2

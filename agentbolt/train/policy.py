@@ -1,0 +1,142 @@
+"""The policy of one run: its trainer and what serves its rollouts, chosen by the config's backends.
+
+- ``trainer.backend: embedded`` + ``engine.backend: embedded`` (the default): the
+  :class:`~agentbolt.trainer.trainer.Trainer` and the :class:`~agentbolt.engine.Engine` in this process; the engine
+  decodes with the trainer's own model (paused for each update) or, with ``share_weights: false``, keeps a copy
+  the trainer pushes weights to.
+- ``trainer.backend: embedded`` + ``engine.backend: vllm``: the same trainer; rollouts on ``vllm serve`` replicas
+  (``engine.vllm.urls``), sent each new version by :class:`~agentbolt.gateway.weight_sync.VllmWeightSync` over
+  vLLM's documented HTTP API.
+- ``trainer.backend: verl``: VeRL's Ray workers (FSDP actor) do the update; VeRL's rollout replicas serve the
+  rollouts as the gateway's upstreams and get the weights through VeRL's own sync.
+
+Whatever the row, agents call agentbolt's gateway and every span carries exact token ids and the model
+version that served it: the gateway's backend is the embedded engine or an
+:class:`~agentbolt.gateway.upstream.UpstreamBackend` whose version the trainer advances after each update.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agentbolt.errors import BadInput
+from agentbolt.types import TrainConfig
+
+if TYPE_CHECKING:
+    from agentbolt.gateway.backend import Backend
+    from agentbolt.trainer.policy import PolicyTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Policy:
+    """A run's trainer and the gateway backend that serves its rollouts (see the module docstring)."""
+
+    trainer: PolicyTrainer
+    backend: Backend
+    description: str  # one line for the run's console: what trains, what serves
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Close the trainer, then the engines this policy made (in reverse order)."""
+        self.trainer.close()
+        for close in reversed(self._closers):
+            close()
+
+
+def build_policy(config: TrainConfig, run_dir: Path) -> Policy:
+    """The trainer and rollout backend ``config`` asks for (``trainer.backend``, ``engine.backend``).
+
+    Raises:
+        BadInput: a combination that does not exist (e.g. verl with an embedded engine setting it cannot use).
+        ModelUnavailable: the model could not be loaded.
+    """
+    if config.trainer.backend == "verl":
+        return _verl_policy(config)
+    if config.engine.backend == "vllm":
+        return _vllm_policy(config, run_dir)
+    return _embedded_policy(config)
+
+
+def _embedded_policy(config: TrainConfig) -> Policy:
+    from agentbolt.engine import Engine
+    from agentbolt.gateway.backend import EngineBackend
+    from agentbolt.models import default_device, load_tokenizer_and_model
+    from agentbolt.trainer.trainer import Trainer
+
+    cfg = config
+    tokenizer, model = load_tokenizer_and_model(cfg.model)
+    engine_kwargs: dict[str, Any] = {
+        "device": cfg.engine.device,
+        "max_batch_size": cfg.engine.max_batch_size,
+        "batch_wait_s": cfg.engine.batch_wait_s,
+        "dtype": cfg.engine.dtype,
+    }
+    share = cfg.engine.share_weights and default_device(cfg.engine.device) == default_device(cfg.trainer.device)
+    if share:
+        trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss)
+        engine = Engine(trainer.model, tokenizer, **{**engine_kwargs, "device": str(trainer.device)}, shared=True)
+        trainer.serve_with(engine)
+        how = "one shared copy of the weights (generation pauses for each update)"
+    else:
+        engine = Engine(copy.deepcopy(model), tokenizer, **engine_kwargs)
+        trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss, engine=engine)
+        how = "the engine's own copy of the weights, sent after each update"
+    return Policy(
+        trainer=trainer,
+        backend=EngineBackend(engine, cfg.served_model),
+        description=f"embedded trainer on {trainer.device}, embedded engine on {engine.device}: {how}",
+        _closers=[engine.close],
+    )
+
+
+def _vllm_policy(config: TrainConfig, run_dir: Path) -> Policy:
+    from agentbolt.gateway.upstream import UpstreamBackend
+    from agentbolt.gateway.weight_sync import VllmWeightSync
+    from agentbolt.models import load_tokenizer_and_model
+    from agentbolt.trainer.trainer import Trainer
+
+    cfg, settings = config, config.engine.vllm
+    assert settings is not None  # TrainConfig's validator
+    tokenizer, model = load_tokenizer_and_model(cfg.model)
+    trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss)
+    lora = settings.weight_sync == "lora"
+    backend = UpstreamBackend(
+        settings.urls,
+        tokenizer,
+        cfg.served_model,
+        upstream_model=settings.lora_name if lora else (settings.model or cfg.model),
+        api_key=settings.api_key,
+        logprobs_mode=settings.logprobs_mode,
+    )
+    sync = VllmWeightSync(
+        backend,
+        settings.weight_sync,
+        settings.weights_dir or run_dir / "weights",
+        lora_name=settings.lora_name if lora else None,
+        api_key=settings.api_key,
+    )
+    try:
+        if settings.weight_sync == "nccl":
+            host, _, port = settings.nccl_master.rpartition(":")
+            sync.attach_nccl(trainer.model, host, int(port))
+        trainer.serve_with(sync)  # lora: the starting adapter goes to the replicas now
+    except BaseException:
+        sync.close()
+        raise
+    return Policy(
+        trainer=trainer,
+        backend=backend,
+        description=f"embedded trainer on {trainer.device}, {len(settings.urls)} vLLM replica(s), "
+        f"weights by {settings.weight_sync}",
+        _closers=[sync.close],
+    )
+
+
+def _verl_policy(config: TrainConfig) -> Policy:
+    raise BadInput("trainer.backend verl is not available yet")
