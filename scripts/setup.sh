@@ -19,4 +19,9 @@ if [[ ",${extras}," == *",train,"* ]] && ! "$venv"/bin/python -c 'import torch' 
   "$venv"/bin/pip install -q --disable-pip-version-check torch==2.13.0
 fi
 "$venv"/bin/pip install -q --disable-pip-version-check -e ".[${extras}]"
+if [[ ",${extras}," == *",verl,"* ]]; then
+  # VeRL without its declared dependencies: they pin transformers<5.11 (see the verl extra in pyproject.toml,
+  # which installs what the VeRL code agentbolt drives does import).
+  "$venv"/bin/pip install -q --disable-pip-version-check --no-deps "verl>=0.9.1,<0.10"
+fi
 "$venv"/bin/python -c 'import agentbolt' >/dev/null

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g.  bash scripts/test.sh -k store -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,postgres,train,frameworks  # the frameworks: tests/integrations, tests/examples
+bash scripts/setup.sh dev,postgres,train,frameworks,verl  # frameworks: tests/integrations, tests/examples; verl: tests/trainer/verl
 venv="${AGENTBOLT_VENV:-.venv}"
 if [ -z "${AGENTBOLT_TEST_PG_URL:-}" ]; then
   AGENTBOLT_TEST_PG_URL=$(bash scripts/postgres.sh | tail -n 1)

@@ -46,6 +46,14 @@ from agentbolt.types.config import SpanDurabilitySetting, ToolFormatSetting
 @click.option("--upstream-model", default=None, help="With --upstream: the model name the engines know.")
 @click.option("--upstream-api-key", envvar="AGENTBOLT_UPSTREAM_API_KEY", default=None, help="API key of the engines.")
 @click.option(
+    "--upstream-logprobs-mode",
+    type=click.Choice(["raw", "processed"]),
+    default="raw",
+    show_default=True,
+    help="The engines' --logprobs-mode (raw_logprobs or processed_logprobs): logprobs it makes wrong for a call's "
+    "temperature/top_p are not recorded.",
+)
+@click.option(
     "--served-model", default=POLICY_MODEL, show_default=True, help="Model name clients ask for (GET /v1/models)."
 )
 @click.option(
@@ -103,6 +111,7 @@ def serve(
     tokenizer: str | None,
     upstream_model: str | None,
     upstream_api_key: str | None,
+    upstream_logprobs_mode: str,
     served_model: str,
     fixed_models: tuple[str, ...],
     tool_format: ToolFormatSetting,
@@ -164,6 +173,7 @@ def serve(
         upstream_urls=list(upstream_urls),
         upstream_model=upstream_model,
         upstream_api_key=upstream_api_key,
+        upstream_logprobs_mode=upstream_logprobs_mode,
         fixed_models=fixed,
         tool_format=tool_format,
         require_attempt=require_attempt,

@@ -99,6 +99,7 @@ def backend_from_config(config: ServerConfig) -> Backend | None:
             config.served_model,
             upstream_model=config.upstream_model,
             api_key=config.upstream_api_key,
+            logprobs_mode=config.upstream_logprobs_mode,
         )
     if config.model:
         from agentbolt.engine import Engine

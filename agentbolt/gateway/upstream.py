@@ -42,6 +42,8 @@ Replicas: a call with an ``affinity`` (the rollout id) always goes to the same r
 (rendezvous hashing, so adding a replica moves only the rollouts that now prefer it), which lets the
 replica reuse its prefix cache across a rollout's turns; calls without one go round robin. A replica that
 refuses the connection (or drops it) is marked down for ``down_for_s`` and the call moves to the next one.
+A 503 (vLLM paused for a weight update, :mod:`agentbolt.gateway.weight_sync`) is sent again with back-off for
+up to ``busy_wait_s``; the call is stamped with the model version set when the answered try went out.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ class UpstreamBackend:
         max_context: prompt + new tokens limit; default the tokenizer's ``model_max_length`` when it
             knows one, else :data:`DEFAULT_MAX_CONTEXT` (the upstream still refuses what it cannot fit).
         down_for_s: how long a replica that refused a connection is skipped.
+        busy_wait_s: how long a call keeps being sent again while the replicas answer 503 (vLLM answers so while
+            paused for a weight update, :mod:`agentbolt.gateway.weight_sync`).
         max_connections: connection pool size shared by all replicas.
         connect_timeout_s: longest wait to connect to a replica before trying the next.
         logprobs_mode: the replicas' ``--logprobs-mode``: ``raw`` (vLLM's default, ``raw_logprobs``) or
@@ -175,6 +179,7 @@ class UpstreamBackend:
         timeout_s: float = 600.0,
         max_context: int | None = None,
         down_for_s: float = 5.0,
+        busy_wait_s: float = 120.0,
         max_connections: int = 256,
         connect_timeout_s: float = 5.0,
         logprobs_mode: Literal["raw", "processed"] = "raw",
@@ -188,6 +193,7 @@ class UpstreamBackend:
         self.vocab_size = len(tokenizer)
         self.eos_token_ids = eos_token_ids(tokenizer)
         self.down_for_s = down_for_s
+        self.busy_wait_s = busy_wait_s
         self._replicas = {url.rstrip("/"): _Replica(url.rstrip("/")) for url in urls}
         self._urls = list(self._replicas)
         self._round_robin = itertools.count()
@@ -209,6 +215,7 @@ class UpstreamBackend:
             "token_drift_total": 0,
             "no_logprobs": 0,
             "unusable_logprobs": 0,
+            "busy_retries": 0,
         }
         self._warned_retokenized = False
 
@@ -241,9 +248,8 @@ class UpstreamBackend:
         """
         self._stats["requests"] += 1
         body = self._body(request)
-        version = self._version
         started = time.monotonic()
-        answer = await self._post(body, affinity)
+        answer, version = await self._post_when_ready(body, affinity)
         elapsed = time.monotonic() - started
         if answer.model_version is not None:
             try:
@@ -318,6 +324,23 @@ class UpstreamBackend:
             await anext(self._closer)
         return self._session
 
+    async def _post_when_ready(self, body: dict[str, Any], affinity: str | None) -> tuple[_Answer, int]:
+        """Send ``body``; while the replicas answer 503 (vLLM paused for a weight update, or overloaded), send it
+        again with back-off for up to ``busy_wait_s``. Returns the answer and the model version set when the
+        answered try was sent (what the call is stamped with)."""
+        deadline = time.monotonic() + self.busy_wait_s
+        delay = 0.05
+        while True:
+            version = self._version
+            answer = await self._post(body, affinity)
+            if answer.status != 503 or time.monotonic() + delay > deadline:
+                if answer.status >= 400:
+                    raise _status_error(answer)
+                return answer, version
+            self._stats["busy_retries"] += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     async def _post(self, body: dict[str, Any], affinity: str | None) -> _Answer:
         payload = json.dumps(body, separators=(",", ":")).encode()
         session = await self._session_now()
@@ -356,8 +379,6 @@ class UpstreamBackend:
             except aiohttp.ClientError as exc:
                 raise UpstreamError(f"upstream {replica.url} failed: {type(exc).__name__}: {exc}") from exc
             replica.down_until = 0.0
-            if answer.status >= 400:
-                raise _status_error(answer)
             return answer
         raise UpstreamError("no upstream replica could be reached: " + "; ".join(failures))
 

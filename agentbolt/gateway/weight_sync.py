@@ -2,9 +2,12 @@
 
 :class:`VllmWeightSync` is the embedded trainer's weight sink (``engine.backend: vllm`` in a train config) for
 the :class:`~agentbolt.gateway.upstream.UpstreamBackend` that forwards the gateway's calls to the replicas.
-After each update it sends the weights to every replica and only then calls the backend's
-``set_model_version``, so a call is stamped with the version of the weights that answered it. Three ways,
-each one vLLM documents (the routes below are vLLM's; the versions are the first release that has them):
+After each update it pauses every replica (``POST /pause?mode=wait``: requests in flight finish on the old
+weights; new ones are answered 503, which the backend sends again), loads the new weights into each, calls
+the backend's ``set_model_version`` and only then resumes them (``POST /resume``), so every call is stamped
+with the version of the weights that answered it. The pause routes need ``VLLM_SERVER_DEV_MODE=1`` (vLLM
+>= 0.16). The weights travel one of three ways, each one vLLM documents (the routes are vLLM's; the
+versions the first release that has them):
 
 - ``lora`` — the trainer writes its PEFT adapter to ``weights_dir/v{version}`` and each replica loads it in
   place under one adapter name: ``POST /v1/load_lora_adapter {"lora_name", "lora_path", "load_inplace": true}``
@@ -12,10 +15,8 @@ each one vLLM documents (the routes below are vLLM's; the versions are the first
   asks the replicas for that adapter name (``"model": lora_name``). Each version goes to a new directory:
   vLLM warns that reloading changed weights from the same path keeps stale prefix-cache blocks.
 - ``disk`` — full weights as safetensors in ``weights_dir/v{version}`` (a filesystem the replicas see), then on
-  each replica ``POST /pause?mode=wait`` (in-flight requests finish first), ``POST /collective_rpc
-  {"method": "reload_weights", "kwargs": {"weights_path": ...}}``, ``POST /update_weight_version``
-  (vLLM >= 0.27; skipped where the route is missing) and ``POST /resume`` (vLLM >= 0.16; all need
-  ``VLLM_SERVER_DEV_MODE=1``).
+  each replica ``POST /collective_rpc {"method": "reload_weights", "kwargs": {"weights_path": ...}}``
+  (vLLM >= 0.16).
 - ``nccl`` — vLLM's native weight transfer (vLLM >= 0.28 on both sides; the server runs with
   ``--weight-transfer-config '{"backend": "nccl"}'`` and ``VLLM_SERVER_DEV_MODE=1``): vLLM's own trainer-side
   engine (``WeightTransferTrainerFactory.trainer_init`` with a ``ModuleSource`` over the trainer's model)
@@ -24,8 +25,9 @@ each one vLLM documents (the routes below are vLLM's; the versions are the first
   ``/finish_weight_update``. Needs ``vllm`` installed beside the trainer and CUDA; one replica per sync group.
 
 The routes and their bodies follow vLLM 0.33's sources (``vllm/entrypoints/rl/online/api_router.py``,
-``vllm/entrypoints/serve/lora/protocol.py``); supported range: vLLM 0.28 to 0.33 for all three, 0.16 for
-``disk`` without the version route, 0.15 for ``lora``.
+``vllm/entrypoints/serve/lora/protocol.py``). Supported: vLLM 0.16 to 0.33 for ``disk`` and ``lora`` (the
+pause routes), 0.28 to 0.33 for ``nccl``. Each replica is also told the version (``POST
+/update_weight_version``, vLLM >= 0.27; skipped where the route is missing).
 """
 
 from __future__ import annotations
@@ -204,19 +206,15 @@ class VllmWeightSync:
         if self.method == "lora":
             raise BadInput("this weight sync loads LoRA adapters: the trainer must send update_adapter()")
         if self.method == "nccl":
-            self._send_nccl(version)
-        else:
-            target = self._version_dir(version)
-            _write_safetensors(state_dict, target / "model.safetensors")
-            for replica in self.replicas:
-                replica.pause("wait")
-                try:
-                    replica.reload_weights(str(target))
-                    replica.update_weight_version(version)
-                finally:
-                    replica.resume()
-            self._prune(version)
-        return self._served(version)
+            sender = self._nccl
+            if sender is None:
+                raise BadInput("nccl weight sync was not attached to the trainer's model (attach_nccl)")
+            return self._paused(version, lambda replica: sender.send_weights())
+        target = self._version_dir(version)
+        _write_safetensors(state_dict, target / "model.safetensors")
+        done = self._paused(version, lambda replica: replica.reload_weights(str(target)))
+        self._prune(version)
+        return done
 
     def update_adapter(self, write: Callable[[Path], None], version: int) -> concurrent.futures.Future[int]:
         """The trainer's LoRA adapter to every replica as ``version``: ``write(directory)`` saves it (PEFT layout).
@@ -229,10 +227,9 @@ class VllmWeightSync:
             raise BadInput(f"this weight sync sends full weights ({self.method}): use update_weights()")
         target = self._version_dir(version)
         write(target)
-        for replica in self.replicas:
-            replica.load_lora_adapter(str(self.lora_name), str(target))
+        done = self._paused(version, lambda replica: replica.load_lora_adapter(str(self.lora_name), str(target)))
         self._prune(version)
-        return self._served(version)
+        return done
 
     @property
     def takes_adapters(self) -> bool:
@@ -263,18 +260,28 @@ class VllmWeightSync:
         info = NCCLTrainerInitInfo(master_address=master_address, master_port=master_port, world_size=world_size)
         self._nccl = WeightTransferTrainerFactory.trainer_init(info, client=replica, source=ModuleSource(module))
 
-    def _send_nccl(self, version: int) -> None:
-        if self._nccl is None:
-            raise BadInput("nccl weight sync was not attached to the trainer's model (attach_nccl)")
-        replica = self.replicas[0]
-        replica.pause("wait")
-        try:
-            self._nccl.send_weights()
-            replica.update_weight_version(version)
-        finally:
-            replica.resume()
-
     # --- helpers ---------------------------------------------------------------------------------------
+
+    def _paused(self, version: int, load: Callable[[VllmControl], None]) -> concurrent.futures.Future[int]:
+        """``load`` the new weights into every replica while all are paused, then stamp ``version``, then resume.
+
+        Every replica drains first (``/pause?mode=wait``: requests in flight finish on the old weights), so no call
+        runs on a mix; calls arriving meanwhile are answered 503 and sent again by the backend, after the resume,
+        stamped with the new version. A replica that fails leaves the old version stamped; all are resumed.
+        """
+        paused: list[VllmControl] = []
+        try:
+            for replica in self.replicas:
+                replica.pause("wait")
+                paused.append(replica)
+            for replica in self.replicas:
+                load(replica)
+                replica.update_weight_version(version)
+            served = self._served(version)
+        finally:
+            for replica in paused:
+                replica.resume()
+        return served
 
     def _served(self, version: int) -> concurrent.futures.Future[int]:
         self.backend.set_model_version(version)

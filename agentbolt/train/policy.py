@@ -57,7 +57,7 @@ def build_policy(config: TrainConfig, run_dir: Path) -> Policy:
         ModelUnavailable: the model could not be loaded.
     """
     if config.trainer.backend == "verl":
-        return _verl_policy(config)
+        return _verl_policy(config, run_dir)
     if config.engine.backend == "vllm":
         return _vllm_policy(config, run_dir)
     return _embedded_policy(config)
@@ -138,5 +138,56 @@ def _vllm_policy(config: TrainConfig, run_dir: Path) -> Policy:
     )
 
 
-def _verl_policy(config: TrainConfig) -> Policy:
-    raise BadInput("trainer.backend verl is not available yet")
+def _verl_policy(config: TrainConfig, run_dir: Path) -> Policy:
+    """VeRL's Ray workers update the policy; its rollout replicas serve the calls as the gateway's upstreams.
+
+    Raises:
+        BadInput: no GPU (VeRL's rollout replicas need one; the CPU path of ``VerlTrainer`` is for tests),
+            an engine setting for another backend, or the verl extra missing.
+    """
+    from agentbolt.gateway.upstream import UpstreamBackend
+    from agentbolt.models import load_tokenizer
+
+    if config.engine.backend != "embedded" or config.engine.vllm is not None:
+        raise BadInput(
+            "with trainer.backend verl, VeRL's own rollout replicas serve the calls: leave engine.backend unset "
+            "(set the replicas up in trainer.verl, e.g. actor_rollout_ref.rollout.*)"
+        )
+    if config.max_staleness > 0:
+        raise BadInput(
+            "trainer.backend verl runs VeRL's hybrid engine: its replicas sleep while the actor updates, so "
+            "collection cannot overlap the update; use max_staleness: 0"
+        )
+    import importlib.util
+
+    import torch
+
+    missing = [name for name in ("verl", "ray") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BadInput(
+            f"trainer.backend verl needs the verl extra (missing: {', '.join(missing)}): "
+            "bash scripts/setup.sh train,verl"
+        )
+    from agentbolt.trainer.verl import VerlTrainer
+
+    if not torch.cuda.is_available():
+        raise BadInput("trainer.backend verl needs GPUs: VeRL's rollout replicas (vLLM/SGLang) run on CUDA")
+    trainer = VerlTrainer(config.model, config.trainer, config.rl.loss, work_dir=run_dir / "verl", rollout=True)
+    try:
+        backend = UpstreamBackend(
+            trainer.rollout_urls,
+            load_tokenizer(str(trainer.model_path)),
+            config.served_model,
+            upstream_model=trainer.rollout_model,
+            logprobs_mode=trainer.logprobs_mode,
+        )
+    except BaseException:
+        trainer.close()
+        raise
+    backend.set_model_version(trainer.model_version)
+    trainer.on_new_version = backend.set_model_version  # VeRL's sync has reached the replicas: stamp the version
+    return Policy(
+        trainer=trainer,
+        backend=backend,
+        description=f"VeRL trainer (Ray workers), {len(trainer.rollout_urls)} VeRL rollout replica(s) as upstreams",
+    )

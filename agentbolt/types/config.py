@@ -41,6 +41,12 @@ class ServerConfig(_Model):
     )
     upstream_model: str | None = Field(default=None, description="Model name the upstream engines serve.")
     upstream_api_key: str | None = Field(default=None, repr=False, description="API key of the upstream engines.")
+    upstream_logprobs_mode: Literal["raw", "processed"] = Field(
+        default="raw",
+        description="The upstreams' --logprobs-mode (vLLM's default raw_logprobs is right only at temperature 1; "
+        "processed_logprobs at any temperature with top_p 1): calls whose logprobs would be wrong are recorded "
+        "without them.",
+    )
     fixed_models: dict[str, str] = Field(
         default_factory=dict,
         description="Fixed models the gateway serves beside the policy, name -> model (like `model`), each on an "

@@ -92,6 +92,8 @@ def test_lora_sync_loads_the_starting_adapter_then_each_new_one_in_place(
 
     loads = [body for route, _, body in replica.control if route == "/v1/load_lora_adapter"]
     assert [b["load_inplace"] for b in loads] == [True, True]
+    one_update = ["/pause", "/v1/load_lora_adapter", "/update_weight_version", "/resume"]
+    assert [route for route, _, _ in replica.control] == one_update * 2
     assert replica.adapter_paths["agentbolt-policy"].endswith("v000001")
     ours = get_peft_model_state_dict(trainer.model)
     theirs = replica.adapters["agentbolt-policy"]
@@ -220,3 +222,48 @@ def test_a_train_config_on_vllm_builds_the_trainer_its_replicas_and_their_weight
         assert "2 vLLM replica(s), weights by lora" in policy.description
     finally:
         policy.close()
+
+
+def test_agentbolt_serve_tells_the_upstream_backend_its_logprobs_mode(tokenizer: Any) -> None:
+    from agentbolt.gateway.backend import backend_from_config
+    from agentbolt.types import ServerConfig
+
+    config = ServerConfig(upstream_urls=["http://127.0.0.1:9/v1"], model="demo", upstream_logprobs_mode="processed")
+    backend: Any = backend_from_config(config)
+    assert backend.logprobs_mode == "processed"
+    assert backend_from_config(config.model_copy(update={"upstream_logprobs_mode": "raw"})).logprobs_mode == "raw"  # type: ignore[union-attr]
+
+
+def test_a_call_answered_503_while_the_replicas_are_paused_is_sent_again_and_stamped_with_the_new_version(
+    tokenizer: Any, replicas: list[FakeVllm]
+) -> None:
+    replica = replicas[0]
+    backend = UpstreamBackend([replica.url], tokenizer, "policy")
+    replica.paused = True  # answers 503, as vLLM does between /pause and /resume
+
+    async def run() -> Any:
+        try:
+            call = asyncio.create_task(
+                backend.generate(GenerationRequest(prompt_token_ids=[1, 2, 3], max_new_tokens=4, temperature=1.0))
+            )
+            await asyncio.sleep(0.3)
+            assert not call.done()
+            backend.set_model_version(4)  # the weight sync: new weights in, version stamped, then the resume
+            replica.paused = False
+            return await call
+        finally:
+            await backend.aclose()
+
+    result = asyncio.run(run())
+    assert result.model_version == 4
+    assert backend.stats()["busy_retries"] >= 2
+    assert len(replica.requests) == 1  # the 503s are not kept as requests by the fake; one real completion
+
+
+def test_a_replica_busy_for_longer_than_the_wait_fails_the_call(tokenizer: Any, replicas: list[FakeVllm]) -> None:
+    from agentbolt.gateway.upstream import UpstreamError
+
+    replicas[0].paused = True
+    backend = UpstreamBackend([replicas[0].url], tokenizer, "policy", busy_wait_s=0.2)
+    with pytest.raises(UpstreamError, match="HTTP 503"):
+        call(backend, temperature=1.0)
