@@ -57,7 +57,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(
                 f"{REQUIRE_EXTRAS_ENV} is set, but {len(_missing_package_skips)} test(s) or file(s) were skipped "
-                "for a missing package (install every extra: bash scripts/setup.sh dev,postgres,train,frameworks):",
+                "for a missing package (install every extra: "
+                "bash scripts/setup.sh dev,postgres,train,frameworks,verl):",
                 red=True,
             )
             for line in _missing_package_skips:
