@@ -8,17 +8,25 @@ retried on a transport error or a 503 with bounded exponential backoff (:class:`
 (enqueue, dequeue, add_reward, cancel, ...) are sent once, since a lost response may hide a change made.
 Idle connections are dropped before the server would close them (:data:`KEEPALIVE_EXPIRY_S`), so a
 request is not sent on a connection the server is closing.
+
+Requests go out on an aiohttp session (HTTP/1.1 keep-alive pool): with 32-64 concurrent calls, httpx's
+connection pool scanned every pooled connection on every request (``is_idle``/``has_expired``, a
+``getpeername`` and a ``poll`` each) and took most of the worker's ~9 ms of CPU per rollout
+(``benchmarks/worker_throughput.py``). An httpx ``transport`` may still be given: tests use one that
+drops connections or stands in for the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import httpx
 from pydantic import TypeAdapter
 
@@ -52,6 +60,8 @@ log = logging.getLogger(__name__)
 # uvicorn closes a connection idle for its ``timeout_keep_alive`` (5 s by default); dropping ours sooner
 # means a request never races the server's close of the connection it goes out on.
 KEEPALIVE_EXPIRY_S = 2.0
+CONNECT_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 200  # a worker's runners each hold one while they long-poll
 
 _ERRORS_BY_CODE: dict[str, type[errors.AgentboltError]] = {
     cls.code: cls
@@ -73,6 +83,7 @@ _ERRORS_BY_STATUS: dict[int, type[errors.AgentboltError]] = {
     503: errors.StoreUnavailable,
 }
 
+_JSON = {"content-type": "application/json"}
 READ_CHUNK = 1_000  # rollouts per read_rollouts request: a few MB of spans at most per response
 _ROLLOUTS_WITH_SPANS = TypeAdapter(list[RolloutWithSpans])
 
@@ -102,16 +113,54 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _raise_for(response: httpx.Response) -> None:
+@dataclass(frozen=True)
+class Response:
+    """A server's answer, read whole: what every ``ServerClient`` method needs of it, whichever library sent it."""
+
+    status_code: int
+    content: bytes
+    method: str
+    path: str
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+# What a failed send looks like from each library: the server may not have got (or answered) the request.
+_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def _raise_for(response: Response) -> None:
     if response.is_success:
         return
     try:
         error = response.json()["error"]
         message, code = str(error["message"]), str(error.get("code") or "")
     except Exception:
-        message, code = response.text[:500] or response.reason_phrase, ""
+        message, code = response.content[:500].decode(errors="replace") or f"HTTP {response.status_code}", ""
     cls = _ERRORS_BY_CODE.get(code) or _ERRORS_BY_STATUS.get(response.status_code, errors.AgentboltError)
-    raise cls(f"{message} (HTTP {response.status_code} from {response.request.method} {response.request.url.path})")
+    raise cls(f"{message} (HTTP {response.status_code} from {response.method} {response.path})")
+
+
+def _aiohttp_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """httpx's meaning of a timeout: a limit on each wait (a free connection, connecting, the next bytes),
+    not on the whole request, so a large answer that keeps arriving is not cut off."""
+    return aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=CONNECT_TIMEOUT_S, sock_read=timeout_s)
+
+
+def _query(params: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """Query parameters as aiohttp takes them: a list repeats its key, booleans are spelled like httpx's."""
+    if params is None:
+        return None
+    pairs: list[tuple[str, str]] = []
+    for key, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((key, ("true" if item else "false") if isinstance(item, bool) else str(item)))
+    return pairs
 
 
 class ServerClient:
@@ -136,15 +185,17 @@ class ServerClient:
         self.server_url = server_url.rstrip("/")
         self.retry = retry
         self.retries = 0  # idempotent calls sent again after a transport error or a 503
-        self._http = httpx.AsyncClient(
-            base_url=self.server_url,
-            headers=auth_headers(api_key),
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(
-                max_connections=200, max_keepalive_connections=200, keepalive_expiry=KEEPALIVE_EXPIRY_S
-            ),
-            transport=transport,
-        )
+        self.timeout_s = timeout_s
+        self._headers = auth_headers(api_key)
+        self._session: aiohttp.ClientSession | None = None  # made on first use: it needs the running loop
+        self._http: httpx.AsyncClient | None = None
+        if transport is not None:
+            self._http = httpx.AsyncClient(
+                base_url=self.server_url,
+                headers=self._headers,
+                timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
+                transport=transport,
+            )
 
     async def __aenter__(self) -> ServerClient:
         return self
@@ -155,9 +206,49 @@ class ServerClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _request(self, method: str, path: str, *, idempotent: bool = False, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """One request, its answer read whole; raises one of :data:`_TRANSPORT_ERRORS` if the send failed."""
+        if self._http is not None:
+            limit = httpx.USE_CLIENT_DEFAULT if timeout is None else httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
+            answer = await self._http.request(
+                method,
+                path,
+                json=json,
+                content=content,
+                headers=headers,
+                params=params,
+                timeout=limit,
+            )
+            return Response(answer.status_code, answer.content, method, path)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_EXPIRY_S),
+                timeout=_aiohttp_timeout(self.timeout_s),
+            )
+        options: dict[str, Any] = {"json": json, "data": content, "headers": headers, "params": _query(params)}
+        if timeout is not None:
+            options["timeout"] = _aiohttp_timeout(timeout)
+        async with self._session.request(method, self.server_url + path, **options) as reply:
+            return Response(reply.status, await reply.read(), method, path)
+
+    async def _request(self, method: str, path: str, *, idempotent: bool = False, **kwargs: Any) -> Response:
         """Send one request; an idempotent one is retried per :attr:`retry` on a transport error or a 503.
 
         Raises ServerUnreachable when the server could not be reached (after the retries), else the
@@ -167,8 +258,8 @@ class ServerClient:
         for retry in range(tries):
             last = retry + 1 == tries
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
+                response = await self._send(method, path, **kwargs)
+            except _TRANSPORT_ERRORS as exc:
                 if last:
                     raise errors.ServerUnreachable(
                         f"cannot reach the agentbolt server at {self.server_url} "
@@ -199,7 +290,7 @@ class ServerClient:
     ) -> Claim | None:
         request = DequeueRequest(worker_id=worker_id, modes=modes, wait_s=wait_s)
         response = await self._request(
-            "POST", "/api/dequeue", json=request.model_dump(mode="json"), timeout=wait_s + 30.0
+            "POST", "/api/dequeue", content=request.model_dump_json(), headers=_JSON, timeout=wait_s + 30.0
         )
         if response.status_code == 204:
             return None
@@ -235,9 +326,19 @@ class ServerClient:
             f"/api/rollouts/{attempt.rollout_id}/attempts/{attempt.attempt_id}/{action}",
             idempotent=True,
             content=body.model_dump_json(exclude_none=True),
-            headers={"content-type": "application/json"},
+            headers=_JSON,
         )
         return Rollout.model_validate_json(response.content)
+
+    async def send_spans(self, otlp_protobuf: bytes) -> None:
+        """``POST /v1/traces`` with an OTLP protobuf body (retried: the server stores each span once)."""
+        await self._request(
+            "POST",
+            "/v1/traces",
+            idempotent=True,
+            content=otlp_protobuf,
+            headers={"content-type": "application/x-protobuf"},
+        )
 
     async def get_rollout(self, rollout_id: str) -> Rollout:
         response = await self._request("GET", f"/api/rollouts/{rollout_id}", idempotent=True)

@@ -6,11 +6,11 @@ agent has none):
 * ``AttemptSpanProcessor`` stamps ``agentbolt.rollout_id`` / ``agentbolt.attempt_id`` on every span
   *started* inside an attempt — ours, the agent's own, and any OTel instrumentation's — so spans land
   in the right attempt whoever created them.
-* a ``BatchSpanProcessor`` exporting over OTLP/HTTP to the server's ``/v1/traces``, behind
-  ``AttributedSpanExporter``, which drops (and counts) spans started outside any attempt, since the
-  server rejects unattributed spans. The OTLP exporter retries a batch on a connection error, a 429 or
-  a 502-504, with exponential backoff for up to :data:`EXPORT_TIMEOUT_S`; resending is safe, the server
-  stores each span (trace id, span id) once.
+* ``SpanBuffer``, which keeps the ended spans of the worker's rollouts and drops (and counts) spans
+  started outside any attempt, since the server rejects unattributed spans. The worker's
+  :class:`~agentbolt.client.export.SpanSender` sends what it holds as OTLP/HTTP protobuf to the server's
+  ``/v1/traces`` on the worker's own connection pool: every ``SEND_INTERVAL_S`` and whenever an attempt
+  ends, one request for the spans of all attempts at once.
 
 The current attempt is a ``contextvars.ContextVar``, so concurrent attempts in one process (async
 tasks, or threads started with a copied context such as ``asyncio.to_thread``) stay apart. When a
@@ -23,27 +23,22 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from agentbolt import semconv
-from agentbolt.client.http import auth_headers
 from agentbolt.types import Attempt, Rollout
 
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "agentbolt"
-# How long the exporter keeps retrying one batch: rides out a server restart of a few seconds.
-EXPORT_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -93,9 +88,10 @@ class AttemptSpanProcessor(SpanProcessor):
         if span.attributes and semconv.ROLLOUT_ID in span.attributes:
             return
         ctx = current_attempt()
-        if ctx is not None:
-            span.set_attribute(semconv.ROLLOUT_ID, ctx.attempt.rollout_id)
-            span.set_attribute(semconv.ATTEMPT_ID, ctx.attempt.attempt_id)
+        if ctx is not None:  # both at once: one pass through the SDK's attribute lock and checks
+            span.set_attributes(
+                {semconv.ROLLOUT_ID: ctx.attempt.rollout_id, semconv.ATTEMPT_ID: ctx.attempt.attempt_id}
+            )
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
@@ -107,65 +103,64 @@ class AttemptSpanProcessor(SpanProcessor):
         return True
 
 
-class AttributedSpanExporter(SpanExporter):
-    """Forwards the spans of rollouts this exporter's server handed out; counts and logs the rest.
+class SpanBuffer(SpanProcessor):
+    """Holds the ended spans of rollouts this buffer's server handed out until a :class:`SpanSender` takes them;
+    counts and logs the spans started outside any attempt (not sent: the server rejects unattributed spans).
 
-    A process may work for several servers (each with its own exporter on the one global
-    provider), so each exporter keeps only the rollouts registered with it by its worker.
+    A process may work for several servers (each with its own buffer on the one global provider), so each
+    buffer keeps only the rollouts registered with it by its worker. ``on_end`` may run on any thread.
     """
 
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.rollouts: set[str] = set()
         self.unattributed = 0  # spans started outside any attempt: not sent
-        self.failed_batches = 0
+        self.ended = 0  # spans buffered so far, all told: a flush waits until this many are sent
+        self._spans: list[ReadableSpan] = []
+        self._lock = threading.Lock()
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        keep = []
-        for span in spans:
-            rollout_id = span.attributes.get(semconv.ROLLOUT_ID) if span.attributes else None
-            if rollout_id is None:
-                self.unattributed += 1
-                # Warn once: hosts such as web frameworks can emit many spans outside any attempt.
-                log.log(
-                    logging.WARNING if self.unattributed == 1 else logging.DEBUG,
-                    "not sending span %r: it started outside any rollout attempt "
-                    "(such spans are counted in AttributedSpanExporter.unattributed)",
-                    span.name,
-                )
-            elif rollout_id in self.rollouts:
-                keep.append(span)
-        if not keep:
-            return SpanExportResult.SUCCESS
-        result = self.inner.export(keep)
-        if result is not SpanExportResult.SUCCESS:
-            self.failed_batches += 1
-            log.error("the server refused or did not receive a batch of %d span(s)", len(keep))
-        return result
+    def on_start(self, span: SdkSpan, parent_context: otel_context.Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        rollout_id = span.attributes.get(semconv.ROLLOUT_ID) if span.attributes else None
+        if rollout_id is None:
+            self.unattributed += 1
+            # Warn once: hosts such as web frameworks can emit many spans outside any attempt.
+            log.log(
+                logging.WARNING if self.unattributed == 1 else logging.DEBUG,
+                "not sending span %r: it started outside any rollout attempt "
+                "(such spans are counted in SpanBuffer.unattributed)",
+                span.name,
+            )
+        elif rollout_id in self.rollouts:
+            with self._lock:
+                self._spans.append(span)
+                self.ended += 1
+
+    def take(self) -> tuple[list[ReadableSpan], int]:
+        """Every span buffered so far, and the ``ended`` count they bring the sent spans up to."""
+        with self._lock:
+            spans, self._spans = self._spans, []
+            return spans, self.ended
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        pass
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+        return True  # sending is the worker's SpanSender's, on its event loop
 
 
 @dataclass
 class Tracing:
     provider: TracerProvider
-    exporter: AttributedSpanExporter
-    batch: BatchSpanProcessor
-
-    def flush(self, timeout_s: float = 30.0) -> bool:
-        """Send every span ended so far; True when all went out."""
-        return self.batch.force_flush(int(timeout_s * 1000))
+    buffer: SpanBuffer
 
 
 _installed: dict[str, Tracing] = {}
 _install_lock = threading.Lock()
 
 
-def install_tracing(server_url: str, api_key: str | None, worker_id: str) -> Tracing:
+def install_tracing(server_url: str, worker_id: str) -> Tracing:
     """Hook agentbolt's processors onto the global TracerProvider (once per server URL)."""
     with _install_lock:
         existing = _installed.get(server_url)
@@ -178,17 +173,24 @@ def install_tracing(server_url: str, api_key: str | None, worker_id: str) -> Tra
             )
             trace.set_tracer_provider(provider)
         provider.add_span_processor(AttemptSpanProcessor())
-        exporter = AttributedSpanExporter(
-            OTLPSpanExporter(
-                endpoint=f"{server_url.rstrip('/')}/v1/traces", headers=auth_headers(api_key), timeout=EXPORT_TIMEOUT_S
-            )
-        )
-        batch = BatchSpanProcessor(exporter, schedule_delay_millis=500, max_export_batch_size=256)
-        provider.add_span_processor(batch)
-        tracing = Tracing(provider=provider, exporter=exporter, batch=batch)
+        buffer = SpanBuffer()
+        provider.add_span_processor(buffer)
+        tracing = Tracing(provider=provider, buffer=buffer)
         _installed[server_url] = tracing
         return tracing
 
 
+# The last global provider and agentbolt's tracer on it: ``get_tracer`` builds a new Tracer on every call.
+_cached_tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    """agentbolt's tracer on the global provider."""
+    global _cached_tracer
+    provider = trace.get_tracer_provider()
+    if _cached_tracer is not None and _cached_tracer[0] is provider:
+        return _cached_tracer[1]
+    found = trace.get_tracer(TRACER_NAME)
+    if isinstance(provider, TracerProvider):  # not the proxy's: its tracers change once a provider is set
+        _cached_tracer = (provider, found)
+    return found

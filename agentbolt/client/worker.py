@@ -7,8 +7,8 @@ exception's details).
 
 Nothing reported is lost to a dropped connection: heartbeat, finish and release are idempotent on the
 server (the attempt id names what they change) and the worker's client retries them with bounded
-backoff (:data:`~agentbolt.client.http.WORKER_RETRY`); the span exporter retries too, and the server
-stores a span once however often it is sent.
+backoff (:data:`~agentbolt.client.http.WORKER_RETRY`); so does the span sender
+(:mod:`agentbolt.client.export`), and the server stores a span once however often it is sent.
 
 Stopping: :meth:`Worker.shutdown` (SIGTERM or SIGINT with ``handle_signals``) takes no more rollouts,
 gives running attempts ``shutdown_grace_s`` to finish, then *releases* the rest: their spans so far are
@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from agentbolt import semconv
 from agentbolt.client.emit import emit_reward
+from agentbolt.client.export import SpanSender
 from agentbolt.client.http import WORKER_RETRY, ServerClient
 from agentbolt.client.rollout import AgentFunction, RolloutFunction, rollout
 from agentbolt.client.tracing import AttemptContext, attempt_scope, install_tracing, tracer
@@ -54,6 +55,9 @@ MAX_HEARTBEAT_INTERVAL_S = 10.0
 # Under train/workers.py's STOP_TIMEOUT_S (10 s), so a stopped worker releases before it is killed.
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Why an agent task was cancelled.
+TIMED_OUT = "timed out"
+RELEASED = "released"
 
 
 @dataclass
@@ -125,8 +129,10 @@ class Worker:
         self.stats = WorkerStats()
         self._reserved = 0
         self._stop = asyncio.Event()  # no more dequeues
-        self._release = asyncio.Event()  # give running attempts back now
+        self._releasing = False  # running attempts are being given back: cancel every agent, start none
         self._grace: asyncio.TimerHandle | None = None
+        # Each running agent task, and why it was cancelled if it was: timed out, or released.
+        self._agents: dict[asyncio.Task[AttemptFinish | None], str | None] = {}
 
     def stop(self) -> None:
         """Ask the runner loops to stop after their current rollout."""
@@ -140,14 +146,25 @@ class Worker:
         """
         if self._grace is not None:
             log.warning("shutting down now: releasing running attempts")
-            self._release.set()
+            self._release_running()
             return
         log.warning(
             "shutting down: no more rollouts; running attempts get %.1fs to finish, then are released",
             self.shutdown_grace_s,
         )
         self._stop.set()
-        self._grace = asyncio.get_running_loop().call_later(self.shutdown_grace_s, self._release.set)
+        self._grace = asyncio.get_running_loop().call_later(self.shutdown_grace_s, self._release_running)
+
+    def _release_running(self) -> None:
+        """Cancel every running agent (and any that starts from now on): their attempts are released."""
+        self._releasing = True
+        for agent in self._agents:
+            self._cancel_agent(agent, RELEASED)
+
+    def _cancel_agent(self, agent: asyncio.Task[AttemptFinish | None], why: str) -> None:
+        if not agent.done() and self._agents.get(agent) is None:
+            self._agents[agent] = why
+            agent.cancel()
 
     def run_sync(self) -> WorkerStats:
         return asyncio.run(self.run())
@@ -155,20 +172,26 @@ class Worker:
     async def run(self) -> WorkerStats:
         """Run until stopped, ``max_rollouts`` claimed, or idle for ``idle_exit_s``."""
         self._stop = asyncio.Event()
-        self._release = asyncio.Event()
+        self._releasing = False
         self._grace = None
-        self._tracing = install_tracing(self.server_url, self.api_key, self.worker_id)
+        self._tracing = install_tracing(self.server_url, self.worker_id)
         handled = self._handle_signals() if self.handle_signals else []
         try:
             async with ServerClient(
                 self.server_url, self.api_key, retry=WORKER_RETRY, transport=self.transport
             ) as client:
                 self._client = client
-                if self.model is None:
-                    latest = await client.latest_model_version()
-                    self.model = latest.model if latest else POLICY_MODEL
-                await asyncio.gather(*(self._runner(f"{self.worker_id}-{i}") for i in range(self.concurrency)))
-            await asyncio.to_thread(self._tracing.flush)
+                self._spans = SpanSender(self._tracing.buffer, client)
+                sending = asyncio.create_task(self._spans.run())
+                try:
+                    if self.model is None:
+                        latest = await client.latest_model_version()
+                        self.model = latest.model if latest else POLICY_MODEL
+                    await asyncio.gather(*(self._runner(f"{self.worker_id}-{i}") for i in range(self.concurrency)))
+                finally:
+                    sending.cancel()
+                    await asyncio.wait({sending})
+                    await self._spans.aclose()
         finally:
             if self._grace is not None:
                 self._grace.cancel()
@@ -228,29 +251,32 @@ class Worker:
     async def _run_attempt(self, runner_id: str, claim: Claim) -> None:
         rollout, attempt = claim.rollout, claim.attempt
         ctx = AttemptContext(rollout=rollout, attempt=attempt)
-        self._tracing.exporter.rollouts.add(rollout.rollout_id)
-        heartbeats = asyncio.create_task(self._heartbeat(runner_id, attempt, rollout.config.heartbeat_timeout_s))
-        finish: AttemptFinish | None = None
-        released = False
-        try:
-            with attempt_scope(ctx):
-                agent = asyncio.create_task(self._call_agent(ctx, self._llm_for(attempt)))
-                release = asyncio.create_task(self._release.wait())
-                try:
-                    await asyncio.wait({agent, release}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    release.cancel()
-                    if not agent.done():  # released (or this runner was cancelled): stop the agent
-                        released = True
-                        agent.cancel()
-                        await asyncio.wait({agent})  # its root span ends, marked released
-                finish = None if released else agent.result()
-        finally:
-            heartbeats.cancel()
+        self._tracing.buffer.rollouts.add(rollout.rollout_id)
+        loop = asyncio.get_running_loop()
+        # Timers, not a task per attempt waiting on each: a rollout usually ends before its first beat.
+        heartbeat = _Heartbeat(functools.partial(self._beat, runner_id, attempt), rollout.config.heartbeat_timeout_s)
+        with attempt_scope(ctx):
+            agent = asyncio.create_task(self._call_agent(ctx, self._llm_for(attempt)))
+            self._agents[agent] = None
+            limit = rollout.config.timeout_s
+            timeout = None if limit is None else loop.call_later(limit, self._cancel_agent, agent, TIMED_OUT)
+            if self._releasing:
+                self._cancel_agent(agent, RELEASED)
+            try:
+                await asyncio.wait({agent})  # not ``await agent``: cancelling this runner must not end in its result
+            finally:
+                if timeout is not None:
+                    timeout.cancel()
+                heartbeat.stop()
+                if not agent.done():  # this runner was cancelled: stop the agent
+                    self._cancel_agent(agent, RELEASED)
+                    await asyncio.wait({agent})  # its root span ends, marked released
+                released = self._agents.pop(agent) == RELEASED
+        finish = None if released else agent.result()
         # Spans must reach the server before the attempt is reported finished (or released).
-        if not await asyncio.to_thread(self._tracing.flush):
+        if not await self._spans.flush():
             log.error("%s: spans of attempt %s were not all sent", runner_id, attempt.attempt_id)
-        self._tracing.exporter.rollouts.discard(rollout.rollout_id)
+        self._tracing.buffer.rollouts.discard(rollout.rollout_id)
         if released:
             await self._release_attempt(runner_id, attempt, "the worker shut down before the attempt finished")
             return
@@ -298,17 +324,19 @@ class Worker:
         with tracer().start_as_current_span(semconv.SPAN_ATTEMPT, attributes=attributes) as root:
             try:
                 call: Any = self.agent.fn(rollout.input, llm) if self.agent.is_async else self._in_thread(rollout, llm)
-                result = await asyncio.wait_for(call, rollout.config.timeout_s)
+                result = await call
                 reward = _reward_from_result(result, self.agent.name)
                 if reward is not None:
                     emit_reward(reward)
-            except asyncio.TimeoutError:
-                root.set_status(Status(StatusCode.ERROR, f"timed out after {rollout.config.timeout_s}s"))
-                log.warning("attempt %s ran past its %ss timeout", attempt.attempt_id, rollout.config.timeout_s)
-                return None
             except asyncio.CancelledError:
-                # Only _run_attempt cancels this task; the span must end here, saying why.
-                root.set_status(Status(StatusCode.ERROR, "released: the worker shut down before the attempt finished"))
+                # Only _run_attempt's timer and a release cancel this task; the span must end here, saying why.
+                if self._agents.get(asyncio.current_task()) == TIMED_OUT:  # type: ignore[arg-type]
+                    root.set_status(Status(StatusCode.ERROR, f"timed out after {rollout.config.timeout_s}s"))
+                    log.warning("attempt %s ran past its %ss timeout", attempt.attempt_id, rollout.config.timeout_s)
+                else:
+                    root.set_status(
+                        Status(StatusCode.ERROR, "released: the worker shut down before the attempt finished")
+                    )
                 return None
             except Exception as exc:
                 root.record_exception(exc)
@@ -354,19 +382,46 @@ class Worker:
         threading.Thread(target=target, name=f"agentbolt-agent-{rollout.rollout_id}", daemon=True).start()
         return future
 
-    async def _heartbeat(self, runner_id: str, attempt: Attempt, timeout_s: float | None) -> None:
-        interval = (
+    async def _beat(self, runner_id: str, attempt: Attempt) -> bool:
+        """Send one heartbeat; False once the server has ended the attempt (no more beats)."""
+        try:
+            await self._client.heartbeat(attempt, runner_id)
+        except IllegalTransition:
+            log.warning("%s: attempt %s was ended by the server; still running it", runner_id, attempt.attempt_id)
+            return False
+        except AgentboltError as exc:
+            log.warning("%s: heartbeat for %s failed: %s", runner_id, attempt.attempt_id, exc)
+        return True
+
+
+class _Heartbeat:
+    """Beats every ``timeout_s / HEARTBEATS_PER_TIMEOUT`` (at most :data:`MAX_HEARTBEAT_INTERVAL_S`) from a
+    timer; a task exists only while a beat is being sent. ``beat`` returns False to stop beating."""
+
+    def __init__(self, beat: Callable[[], Awaitable[bool]], timeout_s: float | None) -> None:
+        self.interval_s = (
             min(timeout_s / HEARTBEATS_PER_TIMEOUT, MAX_HEARTBEAT_INTERVAL_S) if timeout_s else MAX_HEARTBEAT_INTERVAL_S
         )
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._client.heartbeat(attempt, runner_id)
-            except IllegalTransition:
-                log.warning("%s: attempt %s was ended by the server; still running it", runner_id, attempt.attempt_id)
-                return
-            except AgentboltError as exc:
-                log.warning("%s: heartbeat for %s failed: %s", runner_id, attempt.attempt_id, exc)
+        self._beat = beat
+        self._loop = asyncio.get_running_loop()
+        self._sending: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._timer = self._loop.call_later(self.interval_s, self._due)
+
+    def _due(self) -> None:
+        self._sending = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        more = await self._beat()
+        self._sending = None
+        if more and not self._stopped:
+            self._timer = self._loop.call_later(self.interval_s, self._due)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._timer.cancel()
+        if self._sending is not None:
+            self._sending.cancel()
 
 
 def _reward_from_result(result: Any, agent_name: str) -> float | None:

@@ -118,6 +118,16 @@ def test_attempt_past_its_timeout_is_ended_by_the_server(server: BackgroundServe
     assert rollout["attempts"][0]["status"] == "timeout"
 
 
+def test_heartbeats_keep_an_attempt_longer_than_its_heartbeat_timeout_alive(server: BackgroundServer) -> None:
+    [rollout_id] = _enqueue(server.url, [1.5], config={"heartbeat_timeout_s": 0.6})
+    stats = _run(Worker(agents.sleeps, server.url, max_rollouts=1))
+    assert stats.succeeded == 1
+    rollout = _rollout(server.url, rollout_id)
+    [attempt] = rollout["attempts"]
+    assert attempt["status"] == "succeeded"
+    assert attempt["last_heartbeat_at"] > attempt["started_at"] + 0.5  # beats went on while the agent slept
+
+
 def test_worker_stops_when_idle(server: BackgroundServer) -> None:
     stats = _run(Worker(agents.sleeps, server.url, idle_exit_s=0.3, poll_wait_s=0.1))
     assert stats.claimed == 0
