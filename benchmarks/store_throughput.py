@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -96,10 +97,15 @@ async def worker_loop(session: aiohttp.ClientSession, base: str, worker_id: str,
         counts["rollouts"] += 1
 
 
-def start_server(store_url: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    store_url: str, port: int, python_args: Sequence[str] = (), cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``agentbolt serve`` on ``port`` as a subprocess (``python_args`` go to the interpreter, e.g. cProfile's),
+    returned once ``/health`` answers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentbolt.cli", "serve", "--port", str(port), "--store", store_url],
+        [sys.executable, *python_args, "-m", "agentbolt.cli", "serve", "--port", str(port), "--store", store_url],
         stdout=subprocess.DEVNULL,
+        cwd=cwd,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

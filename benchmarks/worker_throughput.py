@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import psutil
+from store_throughput import start_server as serve  # benchmarks/ is on the path when run as a script
 
 from agentbolt.client import ServerClient
 from agentbolt.server.background import free_port
@@ -40,23 +40,9 @@ ENQUEUE_CHUNK = 1_000
 
 
 def start_server(store_url: str, port: int, profile: Path | None) -> subprocess.Popen[bytes]:
-    command = [sys.executable]
-    if profile is not None:
-        command += ["-m", "cProfile", "-o", str(profile)]
-    proc = subprocess.Popen(
-        [*command, "-m", "agentbolt", "serve", "--port", str(port), "--store", store_url],
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    """``agentbolt serve`` (under cProfile when ``profile`` is given), once it answers ``/health``."""
+    python_args = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    return serve(store_url, port, python_args, cwd=ROOT)
 
 
 def start_worker(url: str, concurrency: int, worker_id: str, profile: Path | None) -> subprocess.Popen[bytes]:

@@ -213,7 +213,7 @@ class VllmWeightSync:
         target = self._version_dir(version)
         _write_safetensors(state_dict, target / "model.safetensors")
         done = self._paused(version, lambda replica: replica.reload_weights(str(target)))
-        self._prune(version)
+        self._prune()
         return done
 
     def update_adapter(self, write: Callable[[Path], None], version: int) -> concurrent.futures.Future[int]:
@@ -228,7 +228,7 @@ class VllmWeightSync:
         target = self._version_dir(version)
         write(target)
         done = self._paused(version, lambda replica: replica.load_lora_adapter(str(self.lora_name), str(target)))
-        self._prune(version)
+        self._prune()
         return done
 
     @property
@@ -298,7 +298,7 @@ class VllmWeightSync:
         target.mkdir(parents=True)
         return target
 
-    def _prune(self, version: int) -> None:
+    def _prune(self) -> None:
         kept = sorted(self.weights_dir.glob("v[0-9]*"))
         for old in kept[:-KEEP_VERSIONS]:
             shutil.rmtree(old, ignore_errors=True)

@@ -102,7 +102,7 @@ class TrainingRun:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
         from agentbolt.gateway.backend import fixed_backends_from_config
         from agentbolt.server.background import BackgroundServer
-        from agentbolt.train.policy import build_policy
+        from agentbolt.train.policy import build_policy, engine_settings
         from agentbolt.trainer.checkpoint import list_checkpoints
         from agentbolt.trainer.metrics import MetricsLog, write_reward_curve
 
@@ -115,14 +115,11 @@ class TrainingRun:
             cfg, self.run_dir
         )  # the trainer, and the engine (or vLLM / VeRL replicas) serving its rollouts
         server_config = self._server_config()
-        engine_kwargs: dict[str, Any] = {
-            "device": cfg.engine.device,
-            "max_batch_size": cfg.engine.max_batch_size,
-            "batch_wait_s": cfg.engine.batch_wait_s,
-        }
         trainer, fixed = policy.trainer, []
         try:
-            fixed = fixed_backends_from_config(server_config, **engine_kwargs)  # served as they are, never updated
+            fixed = fixed_backends_from_config(
+                server_config, **engine_settings(cfg)
+            )  # served as they are, never updated
             with (
                 BackgroundServer(server_config, backend=policy.backend, fixed=fixed) as server,
                 self._start_workers(server.url),

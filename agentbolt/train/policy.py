@@ -49,6 +49,15 @@ class Policy:
             close()
 
 
+def engine_settings(config: TrainConfig) -> dict[str, Any]:
+    """The ``Engine`` arguments every embedded engine of a run shares (the policy's and the fixed models')."""
+    return {
+        "device": config.engine.device,
+        "max_batch_size": config.engine.max_batch_size,
+        "batch_wait_s": config.engine.batch_wait_s,
+    }
+
+
 def build_policy(config: TrainConfig, run_dir: Path) -> Policy:
     """The trainer and rollout backend ``config`` asks for (``trainer.backend``, ``engine.backend``).
 
@@ -71,12 +80,7 @@ def _embedded_policy(config: TrainConfig) -> Policy:
 
     cfg = config
     tokenizer, model = load_tokenizer_and_model(cfg.model)
-    engine_kwargs: dict[str, Any] = {
-        "device": cfg.engine.device,
-        "max_batch_size": cfg.engine.max_batch_size,
-        "batch_wait_s": cfg.engine.batch_wait_s,
-        "dtype": cfg.engine.dtype,
-    }
+    engine_kwargs = {**engine_settings(cfg), "dtype": cfg.engine.dtype}
     share = cfg.engine.share_weights and default_device(cfg.engine.device) == default_device(cfg.trainer.device)
     if share:
         trainer = Trainer(model, tokenizer, cfg.trainer, cfg.rl.loss)

@@ -135,10 +135,14 @@ def wait_recorded(url: str) -> dict[str, Any]:
 
 
 def stored_spans(server: BackgroundServer, rollout_id: str | None) -> list[Any]:
-    """Every stored span of ``rollout_id`` (None: the unattributed ones), read from the store directly."""
-    from agentbolt.store import Store
-
+    """Every stored span of ``rollout_id`` (None: the unattributed ones), once the gateway has written its own."""
     wait_recorded(server.url)
+    return spans_in_store(server, rollout_id)
+
+
+def spans_in_store(server: BackgroundServer, rollout_id: str | None) -> list[Any]:
+    """The spans of ``rollout_id`` the store holds right now, read from it directly (no flush, no waiting)."""
+    from agentbolt.store import Store
 
     async def read() -> list[Any]:
         store = Store(server.config.store_url)

@@ -118,19 +118,26 @@ async def test_record_returns_once_its_spans_are_stored_without_waiting_for_the_
     await store.close()
 
 
-async def test_records_that_arrive_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
-    store = await _open(tmp_path)
+def _hold_commits(store: Store) -> tuple[asyncio.Event, asyncio.Event, list[int]]:
+    """Make each commit of ``store`` wait for the returned ``release`` event; ``writing`` is set once one is
+    running, and ``batches`` gets each commit's span count."""
     writing, release = asyncio.Event(), asyncio.Event()
     batches: list[int] = []
     add_spans = store.add_spans
 
-    async def held(spans: list[SpanIn]) -> Any:  # the first commit waits until the test releases it
+    async def held(spans: list[SpanIn]) -> Any:
         batches.append(len(spans))
         writing.set()
         await release.wait()
         return await add_spans(spans)
 
     store.add_spans = held  # type: ignore[method-assign]
+    return writing, release, batches
+
+
+async def test_records_that_arrive_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    store = await _open(tmp_path)
+    writing, release, batches = _hold_commits(store)
     recorder = SpanRecorder(store, interval_s=10.0)
     recorder.start()
     first = asyncio.create_task(recorder.record(None, [_span(None, None)]))
@@ -182,15 +189,7 @@ async def test_record_returns_when_the_store_stays_unavailable(tmp_path: Path, m
 
 async def test_a_cancelled_record_still_writes_its_spans(tmp_path: Path) -> None:
     store = await _open(tmp_path)
-    writing, release = asyncio.Event(), asyncio.Event()
-    add_spans = store.add_spans
-
-    async def held(spans: list[SpanIn]) -> Any:
-        writing.set()
-        await release.wait()
-        return await add_spans(spans)
-
-    store.add_spans = held  # type: ignore[method-assign]
+    writing, release, _ = _hold_commits(store)
     recorder = SpanRecorder(store, interval_s=10.0)
     recorder.start()
     waiting = asyncio.create_task(recorder.record("a1", [_span(None, None)]))

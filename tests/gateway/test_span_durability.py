@@ -7,7 +7,6 @@ a span that is in the store was written because the call waited for it, not by t
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -16,25 +15,18 @@ import openai
 import pytest
 
 from agentbolt.server.background import BackgroundServer
-from agentbolt.store import Store
-from tests.gateway.live_gateway import MODEL, ScriptedBackend, StartServer, attempt_url, claim_attempt, finish_attempt
+from tests.gateway.live_gateway import (
+    MODEL,
+    ScriptedBackend,
+    StartServer,
+    attempt_url,
+    claim_attempt,
+    finish_attempt,
+    spans_in_store,
+)
 
 CHAT = [{"role": "user", "content": "Say hi."}]
 LONG_INTERVAL_S = 10.0
-
-
-def spans_in_store(server: BackgroundServer, rollout_id: str) -> list[Any]:
-    """The rollout's spans the store holds right now (no flush, no waiting)."""
-
-    async def read() -> list[Any]:
-        store = Store(server.config.store_url)
-        await store.open()
-        try:
-            return list((await store.query_spans(rollout_id, limit=10_000)).items)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
 
 
 @pytest.fixture
