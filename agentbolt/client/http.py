@@ -53,7 +53,13 @@ from agentbolt.types import (
     WaitResult,
     Worker,
 )
-from agentbolt.types.queue import AttemptRelease
+from agentbolt.types.queue import (
+    AttemptFinishItem,
+    AttemptHeartbeat,
+    AttemptRelease,
+    AttemptResult,
+    DequeueBatchRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,18 @@ _ERRORS_BY_STATUS: dict[int, type[errors.AgentboltError]] = {
 _JSON = {"content-type": "application/json"}
 READ_CHUNK = 1_000  # rollouts per read_rollouts request: a few MB of spans at most per response
 _ROLLOUTS_WITH_SPANS = TypeAdapter(list[RolloutWithSpans])
+_CLAIMS = TypeAdapter(list[Claim])
+_ATTEMPT_RESULTS = TypeAdapter(list[AttemptResult])
+
+
+def _finish_item(attempt: Attempt, finish: AttemptFinish) -> AttemptFinishItem:
+    return AttemptFinishItem(
+        rollout_id=attempt.rollout_id,
+        attempt_id=attempt.attempt_id,
+        status=finish.status,
+        error=finish.error,
+        reward=finish.reward,
+    )
 
 
 @dataclass(frozen=True)
@@ -142,8 +160,31 @@ def _raise_for(response: Response) -> None:
         message, code = str(error["message"]), str(error.get("code") or "")
     except Exception:
         message, code = response.content[:500].decode(errors="replace") or f"HTTP {response.status_code}", ""
-    cls = _ERRORS_BY_CODE.get(code) or _ERRORS_BY_STATUS.get(response.status_code, errors.AgentboltError)
-    raise cls(f"{message} (HTTP {response.status_code} from {response.method} {response.path})")
+    raise _error(response.status_code, message, code, f"{response.method} {response.path}")
+
+
+def _error(status: int, message: str, code: str, where: str) -> errors.AgentboltError:
+    """The exception the server raised, by the error's ``code`` (else its HTTP status)."""
+    cls = _ERRORS_BY_CODE.get(code) or _ERRORS_BY_STATUS.get(status, errors.AgentboltError)
+    return cls(f"{message} (HTTP {status} from {where})")
+
+
+def _outcomes(response: Response, count: int) -> list[AttemptResult]:
+    """The per-attempt results of a batch call, checked to answer each of its ``count`` items."""
+    results = _ATTEMPT_RESULTS.validate_json(response.content)
+    if len(results) != count:
+        raise errors.AgentboltError(
+            f"{response.method} {response.path} answered {len(results)} results for {count} attempts"
+        )
+    return results
+
+
+def _outcome_error(result: AttemptResult, response: Response) -> errors.AgentboltError | None:
+    """The exception for one attempt's result in a batch answer, or None when it succeeded."""
+    if result.error is None:
+        return None
+    where = f"{response.method} {response.path}, attempt {result.attempt_id}"
+    return _error(result.status_code, result.error.message, result.error.code or "", where)
 
 
 def _aiohttp_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
@@ -296,6 +337,17 @@ class ServerClient:
             return None
         return Claim.model_validate_json(response.content)
 
+    async def dequeue_many(
+        self, worker_ids: list[str], modes: list[RolloutMode] | None = None, wait_s: float = 0.0
+    ) -> list[Claim]:
+        """Claim rollouts for several runners in one request (``POST /api/dequeue/batch``): at most one each,
+        ``[]`` when none was queued within ``wait_s``. Sent once, like :meth:`dequeue`."""
+        request = DequeueBatchRequest(worker_ids=worker_ids, modes=modes, wait_s=wait_s)
+        response = await self._request(
+            "POST", "/api/dequeue/batch", content=request.model_dump_json(), headers=_JSON, timeout=wait_s + 30.0
+        )
+        return _CLAIMS.validate_json(response.content)
+
     async def heartbeat(self, attempt: Attempt, worker_id: str | None = None) -> None:
         """Tell the server the attempt's worker is alive (retried). Raises IllegalTransition once it ended."""
         await self._request(
@@ -311,6 +363,35 @@ class ServerClient:
         Raises IllegalTransition if the server had ended the attempt otherwise (e.g. timed out).
         """
         return await self._end_attempt(attempt, "finish", finish)
+
+    async def heartbeats(self, beats: list[tuple[Attempt, str | None]]) -> list[errors.AgentboltError | None]:
+        """The heartbeats of several ``(attempt, worker_id)`` in one request (``POST /api/attempts/heartbeat``,
+        retried): for each, None, or the exception :meth:`heartbeat` would have raised (IllegalTransition once
+        the attempt has ended...)."""
+        body = [
+            AttemptHeartbeat(rollout_id=a.rollout_id, attempt_id=a.attempt_id, worker_id=w).model_dump(mode="json")
+            for a, w in beats
+        ]
+        response = await self._request("POST", "/api/attempts/heartbeat", idempotent=True, json=body)
+        return [_outcome_error(result, response) for result in _outcomes(response, len(beats))]
+
+    async def finish_many(self, finishes: list[tuple[Attempt, AttemptFinish]]) -> list[Rollout | errors.AgentboltError]:
+        """End several attempts in one request (``POST /api/attempts/finish``, retried like :meth:`finish`): for
+        each, its rollout, or the exception :meth:`finish` would have raised (IllegalTransition...)."""
+        body = "[" + ",".join(_finish_item(a, f).model_dump_json(exclude_none=True) for a, f in finishes) + "]"
+        response = await self._request("POST", "/api/attempts/finish", idempotent=True, content=body, headers=_JSON)
+        outcomes: list[Rollout | errors.AgentboltError] = []
+        for result in _outcomes(response, len(finishes)):
+            error = _outcome_error(result, response)
+            if error is not None:
+                outcomes.append(error)
+            elif result.rollout is not None:
+                outcomes.append(result.rollout)
+            else:
+                outcomes.append(
+                    errors.AgentboltError(f"the server answered no rollout for attempt {result.attempt_id}")
+                )
+        return outcomes
 
     async def release(self, attempt: Attempt, release: AttemptRelease) -> Rollout:
         """Give the unfinished attempt back so its rollout is requeued at once (retried, like finish).

@@ -38,6 +38,7 @@ import httpx
 from opentelemetry.trace import Status, StatusCode
 
 from agentbolt import semconv
+from agentbolt.client.batching import RequestBatcher
 from agentbolt.client.emit import emit_reward
 from agentbolt.client.export import SpanSender
 from agentbolt.client.http import WORKER_RETRY, ServerClient
@@ -133,6 +134,10 @@ class Worker:
         self._grace: asyncio.TimerHandle | None = None
         # Each running agent task, and why it was cancelled if it was: timed out, or released.
         self._agents: dict[asyncio.Task[AttemptFinish | None], str | None] = {}
+        # The runners' dequeues, finishes and heartbeats, each kind sent together (see agentbolt.client.batching).
+        self._claims: RequestBatcher[str, Claim | None] = RequestBatcher(self._dequeue_batch)
+        self._finishes: RequestBatcher[tuple[Attempt, AttemptFinish], Rollout] = RequestBatcher(self._finish_batch)
+        self._heartbeats: RequestBatcher[tuple[Attempt, str], None] = RequestBatcher(self._heartbeat_batch)
 
     def stop(self) -> None:
         """Ask the runner loops to stop after their current rollout."""
@@ -220,7 +225,7 @@ class Worker:
                 return
             self._reserved += 1
             try:
-                claim = await self._client.dequeue(runner_id, self.modes, wait_s=self.poll_wait_s)
+                claim = await self._claims.call(runner_id)
             except (ServerUnreachable, StoreUnavailable) as exc:
                 self._reserved -= 1
                 log.warning("%s: dequeue failed (%s); retrying in %.1fs", runner_id, exc, backoff)
@@ -283,7 +288,7 @@ class Worker:
         if finish is None:
             self.stats.abandoned += 1
             return
-        if not await self._report(runner_id, attempt, "report", self._client.finish(attempt, finish)):
+        if not await self._report(runner_id, attempt, "report", self._finishes.call((attempt, finish))):
             return
         if finish.status == "succeeded":
             self.stats.succeeded += 1
@@ -382,10 +387,33 @@ class Worker:
         threading.Thread(target=target, name=f"agentbolt-agent-{rollout.rollout_id}", daemon=True).start()
         return future
 
+    async def _dequeue_batch(self, runner_ids: list[str]) -> list[Claim | None]:
+        """One long-polling dequeue for the runners that want a rollout: each one's claim, or None."""
+        if len(runner_ids) == 1:  # the one-rollout route, as for any client
+            return [await self._client.dequeue(runner_ids[0], self.modes, wait_s=self.poll_wait_s)]
+        claims = await self._client.dequeue_many(runner_ids, self.modes, wait_s=self.poll_wait_s)
+        by_runner = {claim.attempt.worker_id: claim for claim in claims}
+        return [by_runner.get(runner_id) for runner_id in runner_ids]
+
+    async def _finish_batch(self, finishes: list[tuple[Attempt, AttemptFinish]]) -> list[Rollout | AgentboltError]:
+        """One request ending the attempts that ended meanwhile: each one's rollout, or why it was refused."""
+        if len(finishes) == 1:
+            attempt, finish = finishes[0]
+            return [await self._client.finish(attempt, finish)]
+        return await self._client.finish_many(finishes)
+
+    async def _heartbeat_batch(self, beats: list[tuple[Attempt, str]]) -> list[AgentboltError | None]:
+        """One request with the heartbeats due meanwhile: None for each accepted, else why it was refused."""
+        if len(beats) == 1:
+            attempt, runner_id = beats[0]
+            await self._client.heartbeat(attempt, runner_id)
+            return [None]
+        return await self._client.heartbeats([(attempt, runner_id) for attempt, runner_id in beats])
+
     async def _beat(self, runner_id: str, attempt: Attempt) -> bool:
         """Send one heartbeat; False once the server has ended the attempt (no more beats)."""
         try:
-            await self._client.heartbeat(attempt, runner_id)
+            await self._heartbeats.call((attempt, runner_id))
         except IllegalTransition:
             log.warning("%s: attempt %s was ended by the server; still running it", runner_id, attempt.attempt_id)
             return False

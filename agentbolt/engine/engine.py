@@ -1,30 +1,42 @@
-"""The embedded inference engine: dynamic batching over one PyTorch model, with weight hot-swap.
+"""The embedded inference engine: continuous batching over one PyTorch model, with weight hot-swap.
 
 One background thread owns the model. ``Engine.generate`` (asyncio) puts a request on a queue and
 awaits its result. The thread takes the first queued request, waits ``batch_wait_s`` for more to
-arrive (up to ``max_batch_size``), left-pads the prompts into one batch and decodes it step by step
-with the KV cache: each step samples one token for every unfinished sequence, each with its own
-temperature, top-p, stop ids, length limit and random generator. Finished sequences are dropped from
-the cache so the batch shrinks as it goes. Requests arriving meanwhile join the next batch.
+arrive (up to ``max_batch_size``), prefills their prompts left-padded into one batch and decodes it step by
+step with the KV cache (:mod:`agentbolt.engine.batch`): each step samples one token for every unfinished
+sequence, each with its own temperature, top-p, stop ids, length limit and random generator
+(:mod:`agentbolt.engine.sampling`). A sequence is answered as soon as it finishes, and leaves the batch
+and its cache. Between two steps, requests queued meanwhile join the running batch while there is room:
+their prompts are prefilled together, then their cache rows are added to the batch's (continuous
+batching), so a multi-turn agent's next call does not wait for the batch its last one ran in. Identical
+prompts admitted together (a GRPO group) are prefilled once and their cache rows copied. With
+``continuous_batching=False`` the engine batches statically instead: requests arriving while a batch runs
+wait for it to finish. So does a model whose cache cannot take rows mid-batch (sliding-window layers).
 
 Requests fail alone: a request the engine cannot run (a seed torch cannot take, a temperature too small
-to divide by) is refused by :meth:`Engine.check_request` before it is queued, and when decoding a batch
-raises anyway, each of its requests is decoded again on its own, so only the one at fault gets the error
-(as :class:`GenerationFailed`, a 500) and the others their results.
+to divide by) is refused by :meth:`Engine.check_request` before it is queued, and when a prefill or a
+decode step raises anyway, each request it held that has no answer yet is decoded again on its own, so
+only the one at fault gets the error (as :class:`GenerationFailed`, a 500) and the others their results.
 
 Weight updates travel on the same queue, so they are ordered with the requests: a request submitted
 before ``update_weights`` runs on the old weights, one submitted after runs on the new ones, and a batch
-never mixes versions. Every result names the model version it ran on.
+never mixes versions (once an update is queued, no request joins the running batch; it finishes, the
+update is applied, then the queue runs on). Every result names the model version it ran on.
 
 Shared weights (``shared=True``): the engine decodes with the trainer's own model object instead of a copy,
 so one set of weights sits in memory. The trainer changes those weights in place, so it holds the engine
-around each update: :meth:`Engine.pause` returns once the batch thread stands between batches (requests
-keep queueing meanwhile), :meth:`Engine.resume` names the new version and lets the queue run on. A shared
-engine never moves or casts the model; with a ``dtype`` it decodes under autocast instead.
+around each update: :meth:`Engine.pause` returns once the batch thread stands between batches (like an
+update, a pause stops admission to the running batch; requests keep queueing meanwhile),
+:meth:`Engine.resume` names the new version and lets the queue run on. A shared engine never moves or
+casts the model; with a ``dtype`` it decodes under autocast instead.
 
 Logprobs (what RL needs from the behaviour policy): ``log_softmax(logits / temperature)`` of the sampled
 token, i.e. the temperature-scaled distribution *before* top-p truncation (a trainer can recompute it
 from logits alone); for greedy decoding (temperature 0), ``log_softmax(logits)``.
+
+Timings: ``queued_s`` runs from submission to the start of the request's prefill, ``generation_s`` from
+there to its last token, and ``batch_size`` is the most sequences decoded together while it ran (the batch
+it started in, grown by the requests that joined it).
 """
 
 from __future__ import annotations
@@ -44,9 +56,11 @@ from typing import Any
 
 import torch
 
+from agentbolt.engine.batch import Batch, Job, Sequence, prefill
+from agentbolt.engine.sampling import sample
 from agentbolt.errors import AgentboltError, BadInput
 from agentbolt.models import context_length, default_device, eos_token_ids, load_tokenizer_and_model, missing_weights
-from agentbolt.types import MIN_TEMPERATURE, GenerationRequest, GenerationResult, GenerationTimings, TokenLogprob
+from agentbolt.types import MIN_TEMPERATURE, GenerationRequest, GenerationResult, GenerationTimings
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +83,6 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass
-class _Job:
-    request: GenerationRequest
-    future: asyncio.Future[GenerationResult]
-    loop: asyncio.AbstractEventLoop
-    submitted: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class _WeightsUpdate:
     state_dict: dict[str, torch.Tensor]
     version: int
@@ -91,22 +97,16 @@ class Pause:
     released: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass
-class _Sequence:
-    """Decoding state of one request inside a batch."""
+class _Close:
+    """Queued by :meth:`Engine.close`: the batch thread ends once the work queued before it is done."""
 
-    job: _Job
-    generator: torch.Generator | None
-    stop_ids: frozenset[int]
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    top: list[list[TokenLogprob]] = field(default_factory=list)
-    finish_reason: str | None = None
-    finished_at: float = 0.0
+
+_Barrier = _WeightsUpdate | Pause | _Close  # what a running batch must finish before: no request joins it past one
+_Item = Job | _Barrier
 
 
 class Engine:
-    """Serves generation requests from one model, batching the ones that arrive together.
+    """Serves generation requests from one model, batching the ones that are in flight together.
 
     Args:
         model: a transformers causal LM (eval mode); moved to ``device``.
@@ -114,11 +114,14 @@ class Engine:
         device: ``"cpu"``, ``"cuda"``...; default the first CUDA GPU if there is one, else the CPU.
         model_version: version of the weights ``model`` holds now.
         max_batch_size: most sequences decoded together.
-        batch_wait_s: how long the first request of a batch waits for others to join it.
+        batch_wait_s: how long the first request of a new batch waits for others to join it.
         dtype: ``"float32"``, ``"bfloat16"``, or ``"auto"`` (bfloat16 on CUDA, float32 elsewhere); None keeps
             the model's own dtype. The weights are cast to it, unless ``shared``: then it is the autocast dtype.
         shared: ``model`` is a trainer's model, updated in place between :meth:`pause` and :meth:`resume`; it must
             already be on ``device``, and is neither moved, cast nor switched to eval mode here.
+        continuous_batching: requests queued while a batch runs join it between decode steps; False: they wait
+            for it to finish (static batching).
+        prefix_sharing: identical prompts admitted together are prefilled once.
 
     Raises:
         BadInput: an unknown dtype, or a shared model that is not on ``device``.
@@ -135,6 +138,8 @@ class Engine:
         batch_wait_s: float = 0.005,
         dtype: str | None = None,
         shared: bool = False,
+        continuous_batching: bool = True,
+        prefix_sharing: bool = True,
     ) -> None:
         self.device = default_device(device)
         self.shared = shared
@@ -154,6 +159,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.continuous_batching = continuous_batching
+        self.prefix_sharing = prefix_sharing
         self._version = model_version
         config = model.config
         self.vocab_size: int = config.vocab_size
@@ -167,7 +174,9 @@ class Engine:
         params = inspect.signature(base.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self._queue: queue.Queue[_Job | _WeightsUpdate | Pause | None] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._barrier: _Barrier | None = None  # taken off the queue by the batch thread, waiting for its batch
+        self._told_static = False  # logged once that this model's cache cannot take rows mid-batch
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -208,7 +217,7 @@ class Engine:
             raise EngineClosed("the engine is closed")
         self._ensure_started()
         loop = asyncio.get_running_loop()
-        job = _Job(request=request, future=loop.create_future(), loop=loop)
+        job = Job(request=request, future=loop.create_future(), loop=loop)
         self._queue.put(job)
         return await job.future
 
@@ -269,7 +278,7 @@ class Engine:
         """Stop the batch thread after the work already queued; later requests raise EngineClosed."""
         self._closed = True
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.put(_Close())
             self._thread.join()
             self._thread = None
 
@@ -288,38 +297,59 @@ class Engine:
                 self._thread.start()
 
     def _serve(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is None:
+        while True:
+            item = self._next()
+            if isinstance(item, _Close):
                 break
             if isinstance(item, _WeightsUpdate):
                 self._apply(item)
-                continue
-            if isinstance(item, Pause):
+            elif isinstance(item, Pause):
                 self._hold(item)
-                continue
-            jobs, after = [item], None
-            deadline = time.monotonic() + self.batch_wait_s
-            while len(jobs) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                try:
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                if isinstance(nxt, (_WeightsUpdate, Pause)):
-                    after = nxt  # requests queued after it must see the new weights: close the batch
-                    break
-                jobs.append(nxt)
-            self._run_batch([j for j in jobs if not j.future.cancelled()])
-            if isinstance(after, _WeightsUpdate):
-                self._apply(after)
-            elif isinstance(after, Pause):
-                self._hold(after)
+            else:
+                self._decode(self._gather(item), admit=self.continuous_batching)
         self._fail_queued()
+
+    def _next(self, timeout: float | None = None) -> _Item:
+        """The next item: a barrier held back first, then the queue's (timeout 0: only one already there).
+
+        Raises:
+            queue.Empty: nothing came within ``timeout``.
+        """
+        if self._barrier is not None:
+            item, self._barrier = self._barrier, None
+            return item
+        if timeout is None:
+            return self._queue.get()
+        return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+
+    def _gather(self, first: Job) -> list[Job]:
+        """``first`` and the requests that arrive within ``batch_wait_s``, up to the first barrier."""
+        jobs = [first]
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(jobs) < self.max_batch_size:
+            try:
+                item = self._next(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                break
+            if not isinstance(item, Job):
+                self._barrier = item  # requests queued after it must see the new weights: close the batch
+                break
+            jobs.append(item)
+        return [j for j in jobs if not j.future.cancelled()]
+
+    def _admissions(self, room: int) -> list[Job]:
+        """Requests queued meanwhile that join the running batch: up to ``room``, none past a barrier."""
+        jobs: list[Job] = []
+        while len(jobs) < room and self._barrier is None:
+            try:
+                item = self._next(timeout=0)
+            except queue.Empty:
+                break
+            if not isinstance(item, Job):
+                self._barrier = item
+            elif not item.future.cancelled():
+                jobs.append(item)
+        return jobs
 
     def _hold(self, hold: Pause) -> None:
         hold.held.set()
@@ -339,147 +369,140 @@ class Engine:
     def _fail_queued(self) -> None:
         while True:
             try:
-                item = self._queue.get_nowait()
+                item = self._next(timeout=0)
             except queue.Empty:
                 return
-            if isinstance(item, _Job):
+            if isinstance(item, Job):
                 _deliver(item, EngineClosed("the engine was closed before this request ran"))
             elif isinstance(item, _WeightsUpdate):
                 item.done.set_exception(EngineClosed("the engine was closed before the update was applied"))
             elif isinstance(item, Pause):
                 item.held.set()  # nothing runs any more: the weights are the caller's to change
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    # --- decoding ------------------------------------------------------------------------------
+
+    def _decode(self, jobs: list[Job], *, admit: bool) -> None:
+        """Decode ``jobs`` together until every one is answered; with ``admit``, queued requests join between steps."""
         if not jobs:
             return
-        started = time.monotonic()
-        try:
-            seqs = self._decode(jobs)
-        except Exception as exc:
-            if len(jobs) == 1:
-                log.exception("generation failed")
-                _deliver(jobs[0], GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"))
-                return
-            # Find the request at fault: each one again on its own, so the others still get their results.
-            log.warning(
-                "batch of %d failed (%s: %s); decoding its requests one by one", len(jobs), type(exc).__name__, exc
-            )
-            for job in jobs:
-                self._run_batch([job])
-            return
-        for seq in seqs:
-            req = seq.job.request
-            result = GenerationResult(
-                response_token_ids=seq.tokens,
-                logprobs=seq.logprobs,
-                top_logprobs=seq.top if req.top_logprobs else None,
-                finish_reason="stop" if seq.finish_reason == "stop" else "length",
-                model_version=self._version,
-                timings=GenerationTimings(
-                    queued_s=started - seq.job.submitted,
-                    generation_s=seq.finished_at - started,
-                    batch_size=len(jobs),
-                ),
-            )
-            _deliver(seq.job, result)
-
-    def _decode(self, jobs: list[_Job]) -> list[_Sequence]:
         with torch.inference_mode(), self._autocast():
-            return self._decode_batch(jobs)
+            batch = self._join(jobs, None)
+            while batch is not None:
+                batch = self._advance(batch)
+                if batch is not None and admit and self._joinable(batch):
+                    joining = self._admissions(self.max_batch_size - len(batch.seqs))
+                    if joining:
+                        batch = self._join(joining, batch)
+
+    def _join(self, jobs: list[Job], running: Batch | None) -> Batch | None:
+        """Prefill ``jobs`` and sample their first tokens; returns them added to ``running``, or alone without one."""
+        others = len(running.seqs) if running is not None else 0
+        try:
+            seqs = [self._sequence(job) for job in jobs]
+            joining, logits = prefill(
+                seqs,
+                self._forward,
+                pad_token_id=self.pad_token_id,
+                device=self.device,
+                share_prefixes=self.prefix_sharing,
+            )
+            self._take_tokens(joining, logits, others)
+        except Exception as exc:
+            self._recover(jobs, exc)
+            return running
+        if running is None or not running.seqs:
+            return joining if joining.seqs else None
+        if not joining.seqs:
+            return running
+        try:
+            running.merge(joining)
+        except Exception as exc:
+            self._recover([s.job for s in running.seqs + joining.seqs], exc)
+            return None
+        return running
+
+    def _advance(self, batch: Batch) -> Batch | None:
+        """One decode step of ``batch``; returns it, or None once every sequence in it is answered."""
+        try:
+            logits = batch.step(self._forward)
+            self._take_tokens(batch, logits, 0)
+        except Exception as exc:
+            self._recover([s.job for s in batch.seqs], exc)
+            return None
+        return batch if batch.seqs else None
+
+    def _take_tokens(self, batch: Batch, logits: torch.Tensor, others: int) -> None:
+        """Sample the next token of every row; answer the sequences that finish and drop them from ``batch``.
+
+        ``others``: sequences of the running batch ``batch`` is about to join (they count in the batch size).
+        """
+        tokens = sample(logits, batch.seqs)
+        now = time.monotonic()
+        size = len(batch.seqs) + others
+        keep: list[int] = []
+        for row, seq in enumerate(batch.seqs):
+            seq.batch_size = max(seq.batch_size, size)
+            if seq.finished(now):
+                self._answer(seq)
+            else:
+                keep.append(row)
+        batch.keep(keep, tokens)
+
+    def _recover(self, jobs: list[Job], exc: Exception) -> None:
+        """After decoding ``jobs`` together raised ``exc``: each unanswered one again on its own."""
+        jobs = [j for j in jobs if not j.answered and not j.future.cancelled()]
+        if not jobs:
+            return
+        if len(jobs) == 1:
+            log.error("generation failed", exc_info=exc)
+            _deliver(jobs[0], GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"))
+            return
+        # Find the request at fault: each one again on its own, so the others still get their results.
+        log.warning("batch of %d failed (%s: %s); decoding its requests one by one", len(jobs), type(exc).__name__, exc)
+        for job in jobs:
+            self._decode([job], admit=False)
+
+    def _joinable(self, batch: Batch) -> bool:
+        if not batch.joinable and not self._told_static:
+            self._told_static = True
+            log.info("this model's KV cache cannot take rows mid-batch: its requests are batched statically")
+        return batch.joinable
+
+    def _sequence(self, job: Job) -> Sequence:
+        return Sequence(
+            job=job,
+            generator=_generator(job.request, self.device),
+            stop_ids=self.eos_token_ids | frozenset(job.request.stop_token_ids),
+            admitted=time.monotonic(),
+        )
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        extra = {self._cache_arg: cache} if cache is not None else self._last_logits_only
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        return out.logits[:, -1, :].float(), _cache_of(out)
+
+    def _answer(self, seq: Sequence) -> None:
+        req = seq.job.request
+        result = GenerationResult(
+            response_token_ids=seq.tokens,
+            logprobs=seq.logprobs,
+            top_logprobs=seq.top if req.top_logprobs else None,
+            finish_reason="stop" if seq.finish_reason == "stop" else "length",
+            model_version=self._version,
+            timings=GenerationTimings(
+                queued_s=seq.admitted - seq.job.submitted,
+                generation_s=seq.finished_at - seq.admitted,
+                batch_size=seq.batch_size,
+            ),
+        )
+        _deliver(seq.job, result)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-    def _decode_batch(self, jobs: list[_Job]) -> list[_Sequence]:
-        seqs = [
-            _Sequence(
-                job=job,
-                generator=_generator(job.request, self.device),
-                stop_ids=self.eos_token_ids | frozenset(job.request.stop_token_ids),
-            )
-            for job in jobs
-        ]
-        # Prefill: prompts left-padded to one length; positions count real tokens only.
-        width = max(len(j.request.prompt_token_ids) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, job in enumerate(jobs):
-            prompt = job.request.prompt_token_ids
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._last_logits_only
-        )
-        cache, logits = _cache_of(out), out.logits[:, -1, :].float()  # logits: (active, vocab)
-        next_pos = mask.sum(-1)  # (active,)
-        active = list(range(len(seqs)))  # cache row -> index into seqs
-        while True:
-            tokens = self._sample(logits, [seqs[i] for i in active])  # (active,)
-            now = time.monotonic()
-            keep: list[int] = []
-            for row, i in enumerate(active):
-                seq, token = seqs[i], int(tokens[row])
-                if token in seq.stop_ids:
-                    seq.finish_reason = "stop"
-                elif len(seq.tokens) >= seq.job.request.max_new_tokens or seq.job.future.cancelled():
-                    seq.finish_reason = "length"
-                if seq.finish_reason is None:
-                    keep.append(row)
-                else:
-                    seq.finished_at = now
-            if not keep:
-                return seqs
-            if len(keep) < len(active):  # drop finished sequences from the batch and its KV cache
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
-                active = [active[r] for r in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
-            cache, logits = _cache_of(out), out.logits[:, -1, :].float()
-            next_pos = next_pos + 1
-
-    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> torch.Tensor:
-        """Pick one token per row and record its logprob (and alternatives) on its sequence."""
-        temps = torch.tensor([s.job.request.temperature or 1.0 for s in seqs], device=logits.device, dtype=logits.dtype)
-        logp = torch.log_softmax(logits / temps[:, None], dim=-1)  # (rows, vocab)
-        tokens = torch.empty(len(seqs), dtype=torch.long, device=logits.device)
-        for row, seq in enumerate(seqs):
-            req = seq.job.request
-            if req.temperature == 0:
-                token = int(torch.argmax(logits[row]))
-            else:
-                token = _sample_top_p(logp[row], req.top_p, seq.generator)
-            tokens[row] = token
-            seq.tokens.append(token)
-            seq.logprobs.append(float(logp[row, token]))
-            if req.top_logprobs:
-                values, ids = torch.topk(logp[row], req.top_logprobs)
-                seq.top.append(
-                    [TokenLogprob(token_id=int(t), logprob=float(v)) for t, v in zip(ids, values, strict=True)]
-                )
-        return tokens
-
-
-def _sample_top_p(logp: torch.Tensor, top_p: float, generator: torch.Generator | None) -> int:
-    probs = logp.exp()
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # tokens after the nucleus is full
-        sorted_probs[outside] = 0.0
-        pick = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[pick])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _generator(request: GenerationRequest, device: torch.device) -> torch.Generator | None:
@@ -494,7 +517,9 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _deliver(job: _Job, outcome: GenerationResult | BaseException) -> None:
+def _deliver(job: Job, outcome: GenerationResult | BaseException) -> None:
+    job.answered = True
+
     def settle() -> None:
         if job.future.done():
             return

@@ -16,10 +16,11 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel
 
 from agentbolt import semconv
-from agentbolt.errors import BadInput, NotFound
+from agentbolt.errors import AgentboltError, BadInput, NotFound, error_body_of
 from agentbolt.store import Store
 from agentbolt.types import (
     AddSpansResult,
+    Attempt,
     AttemptFinish,
     Claim,
     DequeueRequest,
@@ -42,8 +43,15 @@ from agentbolt.types import (
     WaitResult,
     Worker,
 )
-from agentbolt.types.openai import ErrorResponse
-from agentbolt.types.queue import AttemptRelease
+from agentbolt.types.openai import ErrorObject, ErrorResponse
+from agentbolt.types.queue import (
+    MAX_BATCH,
+    AttemptFinishItem,
+    AttemptHeartbeat,
+    AttemptRelease,
+    AttemptResult,
+    DequeueBatchRequest,
+)
 
 router = APIRouter(prefix="/api", tags=["queue"])
 
@@ -105,6 +113,11 @@ def _store(request: Request) -> Store:
 def _json(model: BaseModel, status_code: int = 200) -> Response:
     """Serialise a model straight to a response (hot routes skip FastAPI's re-validation of the result)."""
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def _json_list(models: Sequence[BaseModel]) -> Response:
+    """A JSON array of models, serialised as :func:`_json` does."""
+    return Response("[" + ",".join(m.model_dump_json() for m in models) + "]", media_type="application/json")
 
 
 def _signals(request: Request) -> QueueSignals:
@@ -201,15 +214,32 @@ async def dequeue(request: Request, body: DequeueRequest) -> Response:
 
     With ``wait_s`` > 0 the call long-polls until a rollout is queued or the wait ends (204).
     """
+    claims = await _claim(request, [body.worker_id], body.modes, body.wait_s)
+    return _json(claims[0]) if claims else Response(status_code=204)
+
+
+@router.post("/dequeue/batch", response_model=list[Claim], responses=_errors(400))
+async def dequeue_batch(request: Request, body: DequeueBatchRequest) -> Response:
+    """Claim rollouts for several runners of a worker in one call: the oldest queued rollouts, at most one for
+    each of ``worker_ids`` (the oldest for the first), each with a new attempt owned by its runner.
+
+    Answers as soon as at least one rollout is claimed, with as many as were queued (up to one a runner); with
+    ``wait_s`` > 0 it long-polls until then, or answers ``[]`` when the wait ends.
+    """
+    return _json_list(await _claim(request, body.worker_ids, body.modes, body.wait_s))
+
+
+async def _claim(
+    request: Request, worker_ids: list[str], modes: list[RolloutMode] | None, wait_s: float
+) -> list[Claim]:
+    """Claim rollouts for ``worker_ids``, long-polling up to ``wait_s`` until there is at least one."""
     store, signals = _store(request), _signals(request)
-    deadline = time.monotonic() + body.wait_s
+    deadline = time.monotonic() + wait_s
     while True:
-        claim = await store.dequeue(body.worker_id, body.modes)
-        if claim is not None:
-            return _json(claim)
+        claims = await store.dequeue_many(worker_ids, modes)
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status_code=204)
+        if claims or remaining <= 0:
+            return claims
         await signals.wait(min(remaining, _POLL_S))
 
 
@@ -222,6 +252,21 @@ async def heartbeat(
     """Tell the server the attempt's worker is alive (else the watchdog marks it unresponsive)."""
     await _store(request).heartbeat(rollout_id, attempt_id, body.worker_id if body else None)
     return Response(status_code=204)
+
+
+@router.post("/attempts/heartbeat", response_model=list[AttemptResult], responses=_errors(400))
+async def heartbeat_batch(
+    request: Request, body: Annotated[list[AttemptHeartbeat], Body(max_length=MAX_BATCH)]
+) -> Response:
+    """The heartbeats of several attempts in one call (a worker's running attempts).
+
+    Answers one result per heartbeat, in order: ``status_code`` 200, or the error the heartbeat route would
+    have answered for that attempt (404 unknown, 409 ended or another worker's), which changes nothing.
+    """
+    if not body:
+        raise BadInput("the batch is empty: send a JSON array of at least one heartbeat")
+    outcomes = await _store(request).heartbeats(body)
+    return _json_list([_result(beat.rollout_id, beat.attempt_id, o) for beat, o in zip(body, outcomes, strict=True)])
 
 
 @router.post(
@@ -237,15 +282,52 @@ async def finish_attempt(request: Request, rollout_id: str, attempt_id: str, bod
     Idempotent, so a worker may retry it after a lost response: repeating the finish that ended the attempt
     (same status and error) answers 200 with the rollout; 409 if the attempt had ended otherwise.
     """
+    item = AttemptFinishItem(rollout_id=rollout_id, attempt_id=attempt_id, **dict(body))
+    [outcome] = await _finish(request, [item])
+    if isinstance(outcome, AgentboltError):
+        raise outcome
+    return _json(outcome)
+
+
+@router.post("/attempts/finish", response_model=list[AttemptResult], responses=_errors(400))
+async def finish_batch(
+    request: Request, body: Annotated[list[AttemptFinishItem], Body(max_length=MAX_BATCH)]
+) -> Response:
+    """End several attempts in one call (a worker's attempts that ended meanwhile), each as the finish route
+    would, with its hooks; stored in one transaction.
+
+    Answers one result per finish, in order: ``status_code`` 200 with the ``rollout``, or the error the finish
+    route would have answered for that attempt (404, 409), which changes nothing. Idempotent like that route.
+    """
+    if not body:
+        raise BadInput("the batch is empty: send a JSON array of at least one finish")
+    outcomes = await _finish(request, body)
+    return _json_list([_result(f.rollout_id, f.attempt_id, o) for f, o in zip(body, outcomes, strict=True)])
+
+
+async def _finish(request: Request, finishes: list[AttemptFinishItem]) -> list[Rollout | AgentboltError]:
+    """End the attempts in the store with the finish hooks around them; wakes dequeues for requeued rollouts."""
     hooks = _finish_hooks(request)
     for hook in hooks:
-        await hook.before_finish(rollout_id, attempt_id)
-    rollout = await _store(request).finish_attempt(rollout_id, attempt_id, body)
+        for finish in finishes:
+            await hook.before_finish(finish.rollout_id, finish.attempt_id)
+    outcomes = await _store(request).finish_attempts(finishes)
+    ended = [(f, o) for f, o in zip(finishes, outcomes, strict=True) if isinstance(o, Rollout)]
     for hook in hooks:
-        await hook.after_finish(rollout_id, attempt_id)
-    if rollout.status is RolloutStatus.QUEUING:
+        for finish, _ in ended:
+            await hook.after_finish(finish.rollout_id, finish.attempt_id)
+    if any(rollout.status is RolloutStatus.QUEUING for _, rollout in ended):
         _signals(request).wake()
-    return _json(rollout)
+    return outcomes
+
+
+def _result(rollout_id: str, attempt_id: str, outcome: Rollout | Attempt | AgentboltError) -> AttemptResult:
+    """One attempt's entry in a batch answer."""
+    if isinstance(outcome, AgentboltError):
+        error = ErrorObject(**error_body_of(outcome)["error"])
+        return AttemptResult(rollout_id=rollout_id, attempt_id=attempt_id, status_code=outcome.http_status, error=error)
+    rollout = outcome if isinstance(outcome, Rollout) else None
+    return AttemptResult(rollout_id=rollout_id, attempt_id=attempt_id, status_code=200, rollout=rollout)
 
 
 @router.post(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,13 +27,19 @@ from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from agentbolt.errors import Conflict, IllegalTransition, NotFound
+from agentbolt.errors import AgentboltError, Conflict, IllegalTransition, NotFound
 from agentbolt.lifecycle import check_attempt_move, check_rollout_move, rollout_after_attempt
-from agentbolt.store.records import attempt_from_row, attempt_status, new_id, rollout_from_row, to_json
+from agentbolt.store.records import (
+    attempt_from_row,
+    attempt_not_found,
+    attempt_status,
+    new_id,
+    rollout_from_row,
+    to_json,
+)
 from agentbolt.store.schema import attempts, rollouts, workers
 from agentbolt.types import (
     Attempt,
-    AttemptFinish,
     AttemptStatus,
     Claim,
     Rollout,
@@ -41,7 +48,13 @@ from agentbolt.types import (
     RolloutMode,
     RolloutStatus,
 )
-from agentbolt.types.queue import RELEASED_ERROR_TYPE, AttemptRelease, ErrorInfo
+from agentbolt.types.queue import (
+    RELEASED_ERROR_TYPE,
+    AttemptFinishItem,
+    AttemptHeartbeat,
+    AttemptRelease,
+    ErrorInfo,
+)
 
 _R = RolloutStatus
 _A = AttemptStatus
@@ -51,16 +64,24 @@ _A = AttemptStatus
 
 
 def _claim_statement(with_modes: bool) -> sa.Update:
-    """Mark the oldest queuing rollout running in one statement; returns its row, or nothing."""
+    """Mark the ``n`` oldest queuing rollouts running in one statement; returns their rows (any order)."""
     oldest = sa.select(rollouts.c.seq).where(rollouts.c.status == _R.QUEUING.value)
     if with_modes:
         oldest = oldest.where(rollouts.c.mode.in_(bindparam("modes", expanding=True)))
     # SKIP LOCKED: concurrent dequeuers (other processes too) pass over rows being claimed.
     # SQLite ignores FOR UPDATE; its writers are serialised anyway.
-    oldest_seq = oldest.order_by(rollouts.c.seq).limit(1).with_for_update(skip_locked=True).scalar_subquery()
+    # A materialised CTE, read once: PostgreSQL may run a plain ``IN (subquery)`` again for later rows,
+    # and each run, seeing the rows it just claimed as running, would pick the next ones (beyond ``n``).
+    picked = (
+        oldest.order_by(rollouts.c.seq)
+        .limit(bindparam("n"))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+        .prefix_with("MATERIALIZED")
+    )
     return (
         sa.update(rollouts)
-        .where(rollouts.c.seq == oldest_seq, rollouts.c.status == _R.QUEUING.value)
+        .where(rollouts.c.seq.in_(sa.select(picked.c.seq)), rollouts.c.status == _R.QUEUING.value)
         .values(status=_R.RUNNING.value, num_attempts=rollouts.c.num_attempts + 1)
         .returning(*rollouts.c)
     )
@@ -106,13 +127,21 @@ _END_ATTEMPT = (
 _END_ATTEMPT_RETURNING = _END_ATTEMPT.returning(*attempts.c)
 _HEARTBEAT = (
     sa.update(attempts)
-    .where(
-        attempts.c.attempt_id == bindparam("b_attempt_id"),
-        attempts.c.rollout_id == bindparam("b_rollout_id"),
-        attempts.c.status == _A.RUNNING.value,
-    )
+    .where(attempts.c.attempt_id == bindparam("b_attempt_id"), attempts.c.status == _A.RUNNING.value)
     .values(last_heartbeat_at=bindparam("b_now"))
-    .returning(*attempts.c)
+)
+# The rows a batch of finishes or heartbeats works on: rollouts locked (in id order), then their attempts.
+_LOCK_ROLLOUTS = (
+    sa.select(rollouts)
+    .where(rollouts.c.rollout_id.in_(bindparam("ids", expanding=True)))
+    .order_by(rollouts.c.rollout_id)
+    .with_for_update()
+)
+_ATTEMPTS_BY_ID = sa.select(attempts).where(attempts.c.attempt_id.in_(bindparam("ids", expanding=True)))
+_SET_ROLLOUT_OUTCOME = (
+    sa.update(rollouts)
+    .where(rollouts.c.rollout_id == bindparam("b_rollout_id"))
+    .values(status=bindparam("b_status"), finished_at=bindparam("b_finished_at"), reward=bindparam("b_reward"))
 )
 _MOVE_ROLLOUT = (
     sa.update(rollouts)
@@ -233,72 +262,107 @@ def enqueue(conn: Connection, rollouts_in: list[RolloutCreate]) -> list[Rollout]
     ]
 
 
-def dequeue(conn: Connection, worker_id: str, modes: list[RolloutMode] | None) -> Claim | None:
-    """Claim the oldest queuing rollout (of ``modes``, None: any) for ``worker_id`` with a new attempt."""
+def dequeue(conn: Connection, worker_ids: list[str], modes: list[RolloutMode] | None) -> list[Claim]:
+    """Claim the oldest queuing rollouts (of ``modes``, None: any), at most one for each of ``worker_ids``
+    (distinct), each with a new attempt: the oldest goes to the first worker id. Fewer when fewer are queued."""
     now = time.time()  # taken in the transaction: it may have waited for another process's lock
     if modes is None:
-        row = conn.execute(_CLAIM_ANY).first()
+        claimed = conn.execute(_CLAIM_ANY, {"n": len(worker_ids)})
     else:
-        row = conn.execute(_CLAIM_MODES, {"modes": list(modes)}).first()
-    if row is None:
-        return None
-    check_rollout_move(row.rollout_id, _R.QUEUING, _R.RUNNING)
-    config = RolloutConfig.model_validate_json(row.config)
-    attempt = Attempt(
-        attempt_id=new_id("at"),
-        rollout_id=row.rollout_id,
-        number=row.num_attempts,
-        worker_id=worker_id,
-        status=_A.RUNNING,
-        started_at=now,
-        last_heartbeat_at=now,
-    )
-    conn.execute(
-        _INSERT_ATTEMPT,
-        {
-            "attempt_id": attempt.attempt_id,
-            "rollout_id": attempt.rollout_id,
-            "number": attempt.number,
-            "worker_id": worker_id,
-            "status": _A.RUNNING.value,
-            "started_at": now,
-            "last_heartbeat_at": now,
-            "timeout_s": config.timeout_s,
-            "heartbeat_timeout_s": config.heartbeat_timeout_s,
-            "next_span_seq": 0,
-        },
-    )
-    conn.execute(
-        _UPSERT_WORKER[conn.dialect.name],
-        {
-            "worker_id": worker_id,
-            "first_seen_at": now,
-            "last_seen_at": now,
-            "current_attempt_id": attempt.attempt_id,
-            "attempts_done": 0,
-        },
-    )
-    return Claim(rollout=rollout_from_row(row), attempt=attempt)
+        claimed = conn.execute(_CLAIM_MODES, {"n": len(worker_ids), "modes": list(modes)})
+    rows = sorted(claimed, key=lambda r: r.seq)  # RETURNING follows no order
+    if not rows:
+        return []
+    claims: list[Claim] = []
+    new_attempts: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
+    for row, worker_id in zip(rows, worker_ids[: len(rows)], strict=True):
+        check_rollout_move(row.rollout_id, _R.QUEUING, _R.RUNNING)
+        rollout = rollout_from_row(row)
+        attempt = Attempt(
+            attempt_id=new_id("at"),
+            rollout_id=row.rollout_id,
+            number=row.num_attempts,
+            worker_id=worker_id,
+            status=_A.RUNNING,
+            started_at=now,
+            last_heartbeat_at=now,
+        )
+        new_attempts.append(
+            {
+                "attempt_id": attempt.attempt_id,
+                "rollout_id": attempt.rollout_id,
+                "number": attempt.number,
+                "worker_id": worker_id,
+                "status": _A.RUNNING.value,
+                "started_at": now,
+                "last_heartbeat_at": now,
+                "timeout_s": rollout.config.timeout_s,
+                "heartbeat_timeout_s": rollout.config.heartbeat_timeout_s,
+                "next_span_seq": 0,
+            }
+        )
+        seen.append(
+            {
+                "worker_id": worker_id,
+                "first_seen_at": now,
+                "last_seen_at": now,
+                "current_attempt_id": attempt.attempt_id,
+                "attempts_done": 0,
+            }
+        )
+        claims.append(Claim(rollout=rollout, attempt=attempt))
+    conn.execute(_INSERT_ATTEMPT, new_attempts)
+    seen.sort(key=lambda w: w["worker_id"])  # row locks in one order
+    conn.execute(_UPSERT_WORKER[conn.dialect.name], seen)
+    return claims
 
 
-def heartbeat(conn: Connection, rollout_id: str, attempt_id: str, worker_id: str | None) -> Attempt:
-    """Record that a running attempt's worker is alive (see ``Store.heartbeat`` for what it raises)."""
+def heartbeat(conn: Connection, beats: list[AttemptHeartbeat]) -> list[Attempt | AgentboltError]:
+    """Record that running attempts' workers are alive: each beat's attempt, or why it was refused, in order.
+
+    A beat is refused with NotFound (unknown rollout or attempt, or the attempt is not the rollout's),
+    IllegalTransition (the attempt has ended) or Conflict (``worker_id`` is not the attempt's worker).
+    """
     now = time.time()
-    row = conn.execute(_HEARTBEAT, {"b_attempt_id": attempt_id, "b_rollout_id": rollout_id, "b_now": now}).first()
-    if row is None:
-        status = attempt_status(conn, rollout_id, attempt_id)
+    found = {r.attempt_id: r for r in conn.execute(_ATTEMPTS_BY_ID, {"ids": sorted({b.attempt_id for b in beats})})}
+    outcomes: list[Attempt | AgentboltError] = []
+    alive: set[str] = set()
+    workers_seen: set[str] = set()
+    for beat in beats:
+        try:
+            row = _beating(conn, beat, found.get(beat.attempt_id))
+        except AgentboltError as exc:
+            outcomes.append(exc)
+            continue
+        alive.add(beat.attempt_id)
+        if row.worker_id is not None:
+            workers_seen.add(row.worker_id)
+        outcomes.append(attempt_from_row(row).model_copy(update={"last_heartbeat_at": now}))
+    if alive:
+        conn.execute(_HEARTBEAT, [{"b_attempt_id": a, "b_now": now} for a in sorted(alive)])
+    if workers_seen:
+        conn.execute(_WORKER_SEEN, [{"b_worker_id": w, "b_now": now} for w in sorted(workers_seen)])
+    return outcomes
+
+
+def _beating(conn: Connection, beat: AttemptHeartbeat, row: Any) -> Any:
+    """The row of the attempt ``beat`` is for, given as ``row`` (None: no attempt of that id); raises why the
+    beat is refused, if it is."""
+    rollout_id, attempt_id = beat.rollout_id, beat.attempt_id
+    if row is None or row.rollout_id != rollout_id:
+        raise attempt_not_found(conn, rollout_id, attempt_id)
+    if row.status != _A.RUNNING.value:
         raise IllegalTransition(
-            f"attempt {attempt_id} of rollout {rollout_id} is already {status.value}; "
+            f"attempt {attempt_id} of rollout {rollout_id} is already {row.status}; "
             "a heartbeat is only accepted while it runs"
         )
-    if worker_id is not None and row.worker_id is not None and worker_id != row.worker_id:
+    if beat.worker_id is not None and row.worker_id is not None and beat.worker_id != row.worker_id:
         raise Conflict(
-            f"attempt {attempt_id} belongs to worker {row.worker_id}, not {worker_id}; "
+            f"attempt {attempt_id} belongs to worker {row.worker_id}, not {beat.worker_id}; "
             "a worker may only heartbeat attempts it dequeued"
         )
-    if row.worker_id is not None:
-        conn.execute(_WORKER_SEEN, {"b_worker_id": row.worker_id, "b_now": now})
-    return attempt_from_row(row)
+    return row
 
 
 def _end_running_attempt(
@@ -319,35 +383,90 @@ def _end_running_attempt(
     return locked, ended
 
 
-def finish_attempt(conn: Connection, rollout_id: str, attempt_id: str, finish: AttemptFinish) -> Rollout:
-    """End a running attempt and move its rollout on (see ``Store.finish_attempt``)."""
+def finish_attempts(conn: Connection, finishes: list[AttemptFinishItem]) -> list[Rollout | AgentboltError]:
+    """End running attempts and move their rollouts on (see ``Store.finish_attempt``): each finish's rollout, or
+    why it was refused, in order. The rows are read (rollouts locked) once and written once for the whole batch."""
+    now = time.time()
+    rollout_ids = sorted({f.rollout_id for f in finishes})
+    attempt_ids = sorted({f.attempt_id for f in finishes})
+    # Mutable copies: a later finish of the batch sees what an earlier one changed.
+    locked = {r.rollout_id: SimpleNamespace(**r._mapping) for r in conn.execute(_LOCK_ROLLOUTS, {"ids": rollout_ids})}
+    found = {r.attempt_id: SimpleNamespace(**r._mapping) for r in conn.execute(_ATTEMPTS_BY_ID, {"ids": attempt_ids})}
+    outcomes: list[Rollout | AgentboltError] = []
+    ended: dict[str, dict[str, Any]] = {}
+    moved: dict[str, dict[str, Any]] = {}
+    released: list[dict[str, Any]] = []
+    for finish in finishes:
+        try:
+            rollout, attempt = _finish(conn, finish, locked, found, now)
+        except AgentboltError as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(rollout_from_row(rollout))
+        if attempt is None:  # a repeated finish: nothing changes
+            continue
+        ended[attempt.attempt_id] = {
+            "b_attempt_id": attempt.attempt_id,
+            "b_rollout_id": attempt.rollout_id,
+            "b_status": attempt.status,
+            "b_ended_at": now,
+            "b_error": attempt.error,
+        }
+        moved[rollout.rollout_id] = {
+            "b_rollout_id": rollout.rollout_id,
+            "b_status": rollout.status,
+            "b_finished_at": rollout.finished_at,
+            "b_reward": rollout.reward,
+        }
+        if attempt.worker_id is not None:
+            released.append({"b_worker_id": attempt.worker_id, "b_attempt_id": attempt.attempt_id, "b_now": now})
+    # In key order, so concurrent batches (PostgreSQL) take the row locks in one order.
+    if ended:
+        conn.execute(_END_ATTEMPT, [ended[a] for a in sorted(ended)])
+    if moved:
+        conn.execute(_SET_ROLLOUT_OUTCOME, [moved[r] for r in sorted(moved)])
+    if released:
+        released.sort(key=lambda w: (w["b_worker_id"], w["b_attempt_id"]))
+        conn.execute(_WORKER_FINISHED, released)
+    return outcomes
+
+
+def _finish(
+    conn: Connection,
+    finish: AttemptFinishItem,
+    locked: dict[str, SimpleNamespace],
+    found: dict[str, SimpleNamespace],
+    now: float,
+) -> tuple[SimpleNamespace, SimpleNamespace | None]:
+    """Apply one finish to the batch's rows: (its rollout, its attempt once ended here, or None for a repeat).
+
+    Raises NotFound for an unknown rollout or attempt, IllegalTransition if the attempt ended otherwise.
+    """
+    rollout_id, attempt_id = finish.rollout_id, finish.attempt_id
     new_status = AttemptStatus(finish.status)
     error = finish.error.model_dump_json() if finish.error is not None else None
-    now = time.time()
-    locked, ended = _end_running_attempt(conn, rollout_id, attempt_id, new_status, error, now)
-    if ended is None:
-        repeated = _repeated_end(conn, rollout_id, attempt_id, new_status, error)
-        if repeated is not None:
-            return repeated
-        # Not running any more (or not this rollout's): say which.
-        check_attempt_move(attempt_id, attempt_status(conn, rollout_id, attempt_id), new_status)
+    check_attempt_move(attempt_id, _A.RUNNING, new_status)
+    rollout = locked.get(rollout_id)
+    if rollout is None:
+        raise NotFound(f"rollout {rollout_id} does not exist")
+    attempt = found.get(attempt_id)
+    if attempt is None or attempt.rollout_id != rollout_id:
+        raise attempt_not_found(conn, rollout_id, attempt_id)
+    if attempt.status != _A.RUNNING.value:
+        if attempt.status == new_status.value and attempt.error == error:
+            return rollout, None  # the finish that ended it, repeated (a retry after a lost answer)
+        check_attempt_move(attempt_id, AttemptStatus(attempt.status), new_status)
         raise IllegalTransition(f"attempt {attempt_id} of rollout {rollout_id} is not running")
-    config = RolloutConfig.model_validate_json(locked.config)
-    counted = _attempts_counted(conn, rollout_id, config, new_status, locked.num_attempts)
+    config = RolloutConfig.model_validate_json(rollout.config)
+    counted = _attempts_counted(conn, rollout_id, config, new_status, rollout.num_attempts)
     next_status = rollout_after_attempt(config, new_status, counted)
-    check_rollout_move(rollout_id, RolloutStatus(locked.status), next_status)
-    row = conn.execute(
-        _MOVE_ROLLOUT_RETURNING,
-        {
-            "b_rollout_id": rollout_id,
-            "b_status": next_status.value,
-            "b_finished_at": now if next_status.finished else None,
-            "b_reward": finish.reward,
-        },
-    ).one()
-    if ended.worker_id is not None:
-        conn.execute(_WORKER_FINISHED, {"b_worker_id": ended.worker_id, "b_attempt_id": attempt_id, "b_now": now})
-    return rollout_from_row(row)
+    check_rollout_move(rollout_id, RolloutStatus(rollout.status), next_status)
+    attempt.status, attempt.error = new_status.value, error
+    rollout.status = next_status.value
+    rollout.finished_at = now if next_status.finished else None
+    if finish.reward is not None:
+        rollout.reward = finish.reward
+    return rollout, attempt
 
 
 def release_attempt(conn: Connection, rollout_id: str, attempt_id: str, release: AttemptRelease) -> Rollout:

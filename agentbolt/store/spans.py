@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from agentbolt.errors import BadInput, NotFound
-from agentbolt.store.records import attempt_not_found, get_rollouts, rollouts_not_found, to_json
+from agentbolt.store.records import attempt_not_found, get_rollouts, json_text, rollouts_not_found
 from agentbolt.store.schema import UNATTRIBUTED_SPANS, attempts, rollouts, sequences, spans
 from agentbolt.types import AddSpansResult, Page, RolloutWithSpans, Span, SpanIn, SpanStatus
 
@@ -29,7 +29,7 @@ _INT64_MAX = 2**63 - 1
 _CounterKey = tuple[str | None, str | None]
 
 # ---------------------------------------------------------------------------------------------
-# Statements, built once: lock the span counters, find spans stored already, save the counters.
+# Statements, built once: lock the span counters, store spans, save the counters.
 
 _LOCK_ROLLOUT_COUNTERS = (
     sa.select(rollouts.c.rollout_id, rollouts.c.next_span_seq)
@@ -46,10 +46,6 @@ _LOCK_ATTEMPT_COUNTERS = (
 _LOCK_UNATTRIBUTED_COUNTER = (
     sa.select(sequences.c.next_value).where(sequences.c.name == UNATTRIBUTED_SPANS).with_for_update()
 )
-_STORED_SPANS = sa.select(spans.c.trace_id, spans.c.span_id).where(
-    spans.c.trace_id.in_(bindparam("trace_ids", expanding=True)),
-    spans.c.span_id.in_(bindparam("span_ids", expanding=True)),
-)
 _SET_ROLLOUT_COUNTER = (
     sa.update(rollouts).where(rollouts.c.rollout_id == bindparam("b_id")).values(next_span_seq=bindparam("b_next"))
 )
@@ -61,9 +57,12 @@ _SET_UNATTRIBUTED_COUNTER = (
 )
 # By dialect name: a span stored already is skipped by each backend's own INSERT ... ON CONFLICT.
 _INSERT_SPANS = {
-    name: insert(spans).on_conflict_do_nothing(index_elements=["trace_id", "span_id"]).returning(spans.c.id)
+    name: insert(spans)
+    .on_conflict_do_nothing(index_elements=["trace_id", "span_id"])
+    .returning(spans.c.id, spans.c.trace_id, spans.c.span_id)
     for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
 }
+_RENUMBER_SPAN = sa.update(spans).where(spans.c.id == bindparam("b_id")).values(sequence_id=bindparam("b_seq"))
 # Rollout-level spans (attempt number 0) first, then each attempt's in sequence order.
 _SPAN_ORDER = (spans.c.attempt_number, spans.c.sequence_id, spans.c.id)
 
@@ -94,12 +93,14 @@ def span_from_row(row: Any) -> Span:
     )
 
 
-def _span_values(span: SpanIn, attempt_number: int, sequence_id: int) -> dict[str, Any]:
-    """The ``spans`` row of an incoming span; raises BadInput for a value that cannot be stored."""
-    what = f"span {span.span_id} (trace {span.trace_id})"
+def _span_values(span: SpanIn, attempt_number: int, sequence_id: int, resource: str) -> dict[str, Any]:
+    """The ``spans`` row of an incoming span, its resource as JSON already; raises BadInput for a value that
+    cannot be stored."""
     for field in ("start_time_ns", "end_time_ns"):
         if getattr(span, field) > _INT64_MAX:
-            raise BadInput(f"{what}: {field} is larger than a signed 64-bit integer")
+            raise BadInput(
+                f"span {span.span_id} (trace {span.trace_id}): {field} is larger than a signed 64-bit integer"
+            )
     events = [{"name": e.name, "time_ns": e.time_ns, "attributes": e.attributes} for e in span.events]
     links = [{"trace_id": li.trace_id, "span_id": li.span_id, "attributes": li.attributes} for li in span.links]
     return {
@@ -114,14 +115,22 @@ def _span_values(span: SpanIn, attempt_number: int, sequence_id: int) -> dict[st
         "kind": span.kind,
         "start_time_ns": span.start_time_ns,
         "end_time_ns": span.end_time_ns,
-        "attributes": to_json(span.attributes, f"{what}: attributes"),
-        "events": to_json(events, f"{what}: events"),
-        "links": to_json(links, f"{what}: links"),
+        "attributes": _span_json(span, "attributes", span.attributes),
+        "events": _span_json(span, "events", events) if events else "[]",
+        "links": _span_json(span, "links", links) if links else "[]",
         "status_code": span.status.code.value,
         "status_message": span.status.message,
-        "resource": to_json(span.resource, f"{what}: resource"),
+        "resource": resource,
         "scope": span.scope,
     }
+
+
+def _span_json(span: SpanIn, field: str, value: Any) -> str:
+    """``value`` (the span's ``field``) as JSON text; raises BadInput naming the span and the field."""
+    try:
+        return json_text(value)
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"span {span.span_id} (trace {span.trace_id}): {field} is not JSON-serialisable: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +208,7 @@ def _insert_new_spans(conn: Connection, batch: list[SpanIn]) -> int:
     rollout_level = sorted({s.rollout_id for s in batch if s.rollout_id is not None and s.attempt_id is None})
     attempt_ids = sorted({s.attempt_id for s in batch if s.attempt_id is not None})
     # Lock the counters first (rollouts, then attempts, then the store-wide one): a concurrent
-    # add_spans for the same attempt waits here, then sees our spans in the duplicate check.
+    # add_spans for the same attempt waits here, then finds our spans stored when it inserts.
     next_seq: dict[_CounterKey, int] = {}
     numbers: dict[str, int] = {}
     if rollout_level:
@@ -223,26 +232,37 @@ def _insert_new_spans(conn: Connection, batch: list[SpanIn]) -> int:
     if any(s.rollout_id is None for s in batch):
         next_seq[(None, None)] = conn.execute(_LOCK_UNATTRIBUTED_COUNTER).scalar_one()
 
-    existing = conn.execute(
-        _STORED_SPANS,
-        {"trace_ids": sorted({s.trace_id for s in batch}), "span_ids": sorted({s.span_id for s in batch})},
-    )
-    stored = {(r.trace_id, r.span_id) for r in existing}
-    fresh = sorted((s for s in batch if (s.trace_id, s.span_id) not in stored), key=lambda s: s.start_time_ns)
-    if not fresh:
-        return 0
+    # Numbered as if none were stored yet (a span sent again is rare: a retried request); the insert skips
+    # the stored ones, and only then are the new ones numbered again, without the gaps those would leave.
+    ordered = sorted(batch, key=lambda s: s.start_time_ns)
+    first_seq = dict(next_seq)
     values: list[dict[str, Any]] = []
-    for span in fresh:
+    resource: dict[str, Any] | None = None
+    resource_json = ""
+    for span in ordered:
         group = (span.rollout_id, span.attempt_id)
         seq = next_seq[group]
         next_seq[group] = seq + 1
         number = numbers[span.attempt_id] if span.attempt_id is not None else 0
-        values.append(_span_values(span, number, seq))
+        if span.resource != resource:  # the spans of one request mostly share their resource
+            resource, resource_json = span.resource, _span_json(span, "resource", span.resource)
+        values.append(_span_values(span, number, seq, resource_json))
     # Insert in key order, so two requests racing on the same spans never deadlock.
     values.sort(key=lambda v: (v["trace_id"], v["span_id"]))
-    inserted = len(conn.execute(_INSERT_SPANS[conn.dialect.name], values).all())
+    inserted = {(r.trace_id, r.span_id): r.id for r in conn.execute(_INSERT_SPANS[conn.dialect.name], values)}
+    fresh = ordered
+    if len(inserted) < len(ordered):
+        fresh = [s for s in ordered if (s.trace_id, s.span_id) in inserted]
+        next_seq = first_seq
+        renumbered = []
+        for span in fresh:
+            group = (span.rollout_id, span.attempt_id)
+            renumbered.append({"b_id": inserted[(span.trace_id, span.span_id)], "b_seq": next_seq[group]})
+            next_seq[group] += 1
+        if renumbered:
+            conn.execute(_RENUMBER_SPAN, renumbered)
     _save_span_counters(conn, {(s.rollout_id, s.attempt_id) for s in fresh}, next_seq)
-    return inserted
+    return len(inserted)
 
 
 def _save_span_counters(conn: Connection, used: set[_CounterKey], next_seq: dict[_CounterKey, int]) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agentbolt.errors import BadInput, Conflict, StoreUnavailable
+from agentbolt.errors import AgentboltError, BadInput, Conflict, StoreUnavailable
 from agentbolt.lifecycle import check_attempt_move
 from agentbolt.store import queue, records, spans
 from agentbolt.store.schema import SCHEMA_VERSION, prepare_schema
@@ -56,7 +56,7 @@ from agentbolt.types import (
     WaitResult,
     Worker,
 )
-from agentbolt.types.queue import AttemptRelease
+from agentbolt.types.queue import AttemptFinishItem, AttemptHeartbeat, AttemptRelease
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,22 @@ class Store:
         Exclusive: no rollout is ever handed to two callers, also across processes.
         ``modes`` limits the choice to rollouts of those modes (None: any mode).
         """
-        if not worker_id:
+        claims = await self.dequeue_many([worker_id], modes)
+        return claims[0] if claims else None
+
+    async def dequeue_many(self, worker_ids: list[str], modes: list[RolloutMode] | None = None) -> list[Claim]:
+        """:meth:`dequeue` for several workers (a worker's runners) in one transaction.
+
+        Hands out the oldest queuing rollouts, at most one to each of ``worker_ids`` (the oldest to the first);
+        fewer when fewer are queued. Raises BadInput for an empty or repeated worker id.
+        """
+        if any(not w for w in worker_ids):
             raise BadInput("worker_id must not be empty")
-        if modes is not None and not modes:
-            return None
-        return await self._write(queue.dequeue, worker_id, modes)
+        if len(set(worker_ids)) < len(worker_ids):
+            raise BadInput("a worker id appears more than once; each gets at most one rollout")
+        if not worker_ids or (modes is not None and not modes):
+            return []
+        return await self._write(queue.dequeue, worker_ids, modes)
 
     async def heartbeat(self, rollout_id: str, attempt_id: str, worker_id: str | None = None) -> Attempt:
         """Record that the attempt's worker is alive.
@@ -210,7 +221,18 @@ class Store:
         Raises NotFound (unknown rollout or attempt, or the attempt is not the rollout's),
         IllegalTransition if the attempt has ended, Conflict if ``worker_id`` is not its worker.
         """
-        return await self._write(queue.heartbeat, rollout_id, attempt_id, worker_id)
+        beat = AttemptHeartbeat.model_construct(rollout_id=rollout_id, attempt_id=attempt_id, worker_id=worker_id)
+        [outcome] = await self.heartbeats([beat])
+        if isinstance(outcome, AgentboltError):
+            raise outcome
+        return outcome
+
+    async def heartbeats(self, beats: list[AttemptHeartbeat]) -> list[Attempt | AgentboltError]:
+        """:meth:`heartbeat` for several attempts in one transaction: each one's attempt, or the error
+        :meth:`heartbeat` would have raised for it, in order."""
+        if not beats:
+            return []
+        return await self._write(queue.heartbeat, beats)
 
     async def finish_attempt(self, rollout_id: str, attempt_id: str, finish: AttemptFinish) -> Rollout:
         """End a running attempt; succeed, requeue or fail the rollout per its config.
@@ -219,8 +241,20 @@ class Store:
         ended the attempt (same status and error) answers the rollout again. Raises NotFound, and
         IllegalTransition if the attempt ended otherwise (e.g. the watchdog timed it out).
         """
-        check_attempt_move(attempt_id, AttemptStatus.RUNNING, AttemptStatus(finish.status))
-        return await self._write(queue.finish_attempt, rollout_id, attempt_id, finish)
+        item = AttemptFinishItem.model_construct(rollout_id=rollout_id, attempt_id=attempt_id, **dict(finish))
+        [outcome] = await self.finish_attempts([item])
+        if isinstance(outcome, AgentboltError):
+            raise outcome
+        return outcome
+
+    async def finish_attempts(self, finishes: list[AttemptFinishItem]) -> list[Rollout | AgentboltError]:
+        """:meth:`finish_attempt` for several attempts in one transaction: each one's rollout, or the error
+        :meth:`finish_attempt` would have raised for it, in order (a refused finish changes nothing)."""
+        if not finishes:
+            return []
+        for finish in finishes:
+            check_attempt_move(finish.attempt_id, AttemptStatus.RUNNING, AttemptStatus(finish.status))
+        return await self._write(queue.finish_attempts, finishes)
 
     async def release_attempt(self, rollout_id: str, attempt_id: str, release: AttemptRelease) -> Rollout:
         """Give a running attempt back unfinished (its worker is shutting down): requeue the rollout at once.

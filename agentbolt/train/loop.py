@@ -11,8 +11,9 @@ One step of the loop, top to bottom (synchronous on-policy by default):
    Which trainer and which engine: :mod:`agentbolt.train.policy` (embedded, vLLM, VeRL);
 6. log metrics (console, JSONL, TensorBoard); validate every ``val_every`` steps.
 
-With ``max_staleness = k > 0`` the rollouts of the next steps are enqueued before the current update,
-so collection and training overlap; a batch is always trained on weights at most ``k`` versions newer
+With ``max_staleness = k > 0`` (by default 1 when the rollouts are served from weights of their own:
+``Policy.overlaps`` in :mod:`agentbolt.train.policy`) the rollouts of the next steps are enqueued before the
+current update, so collection and training overlap; a batch is always trained on weights at most ``k`` versions newer
 than the ones it was enqueued under, and samples older than that are dropped and counted.
 
 This module composes the stages (server, gateway, engine, client, trainer); the stages never import it.
@@ -97,6 +98,7 @@ class TrainingRun:
         self._workers: WorkerProcesses | None = None
         self._loop_started = 0.0  # for the ETA: when the first step of this process began, and its number
         self._first_step = 0
+        self._read_s = 0.0  # how long the last read-back of finished rollouts took
 
     def run(self) -> dict[str, Any]:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
@@ -114,6 +116,7 @@ class TrainingRun:
         policy = build_policy(
             cfg, self.run_dir
         )  # the trainer, and the engine (or vLLM / VeRL replicas) serving its rollouts
+        staleness = cfg.max_staleness if cfg.max_staleness is not None else int(policy.overlaps)
         server_config = self._server_config()
         trainer, fixed = policy.trainer, []
         try:
@@ -129,7 +132,8 @@ class TrainingRun:
                     f"server {server.url} (gateway, SQLite store in {self.run_dir}), model {cfg.model!r}, "
                     f"{cfg.workers} worker process(es) x {cfg.worker_concurrency} rollouts; "
                     f"{cfg.steps} steps of {cfg.tasks_per_step} tasks x {cfg.group_size} rollouts; "
-                    f"{policy.description}"
+                    f"{policy.description}; "
+                    + (f"collection overlaps the update (max_staleness {staleness})" if staleness else "on-policy")
                 )
                 if not cfg.workers:
                     self._say(
@@ -143,7 +147,7 @@ class TrainingRun:
                     resume_step = trainer.resume(ckpt_dir).step
                 metrics = MetricsLog(self.run_dir, tensorboard=cfg.tensorboard, resume_step=resume_step)
                 try:
-                    summary = asyncio.run(self._loop(server.url, trainer, metrics))
+                    summary = asyncio.run(self._loop(server.url, trainer, metrics, staleness))
                     summary["checkpoint"] = str(trainer.save(ckpt_dir))
                 finally:
                     metrics.close()
@@ -184,7 +188,10 @@ class TrainingRun:
 
     # --- the loop ---------------------------------------------------------------------------
 
-    async def _loop(self, server_url: str, trainer: PolicyTrainer, metrics: MetricsLog) -> dict[str, Any]:
+    async def _loop(
+        self, server_url: str, trainer: PolicyTrainer, metrics: MetricsLog, staleness: int
+    ) -> dict[str, Any]:
+        """Steps ``trainer`` through the run; ``staleness``: the run's resolved ``max_staleness``."""
         cfg = self.config
         summary: dict[str, Any] = {"steps": 0}
         async with ServerClient(server_url, api_key=self.api_key) as client:
@@ -196,18 +203,22 @@ class TrainingRun:
                 metrics.log(first_step, {f"val/{k}": v for k, v in val.items()})
             pending: list[_Batch] = []
             self._loop_started, self._first_step = time.monotonic(), first_step
+            val_s = 0.0  # time spent validating since the loop started
             for step in range(first_step, cfg.steps):
-                while len(pending) < 1 + cfg.max_staleness and step + len(pending) < cfg.steps:
+                while len(pending) < 1 + staleness and step + len(pending) < cfg.steps:
                     pending.append(await self._enqueue_step(client, step + len(pending)))
                 batch = pending.pop(0)
                 collect_started = time.monotonic()
                 rollouts, spans = await self._collect(client, batch.rollout_ids)
                 collect_s = time.monotonic() - collect_started
+                prepare_started = time.monotonic()
                 samples, report = prepare_batch(rollouts, spans, cfg.rl)
-                fresh = [s for s in samples if _lag(s, trainer.model_version) <= cfg.max_staleness]
+                prepare_s = time.monotonic() - prepare_started
+                fresh = [s for s in samples if _lag(s, trainer.model_version) <= staleness]
                 stale, samples = len(samples) - len(fresh), fresh
                 row: dict[str, float] = dict(report.metrics())
-                row.update({"collect_s": collect_s, "transitions/dropped/stale": float(stale)})
+                row.update({"collect_s": collect_s, "prepare_s": prepare_s, "transitions/dropped/stale": float(stale)})
+                row["read_s"] = self._read_s
                 if samples:
                     train_started = time.monotonic()
                     row.update(trainer.step(samples))
@@ -219,9 +230,13 @@ class TrainingRun:
                     row["skipped_update"] = 1.0  # every group was uninformative: nothing to learn from
                     trainer.skip_step()
                 row["model_version"] = float(trainer.model_version)
+                row["train_clock_s"] = time.monotonic() - self._loop_started - val_s  # validation excluded
                 last = step + 1 == cfg.steps
                 if self.val_tasks and (last or (cfg.val_every and (step + 1) % cfg.val_every == 0)):
+                    val_started = time.monotonic()
                     val = await self._validate(client)
+                    row["val_s"] = time.monotonic() - val_started
+                    val_s += row["val_s"]
                     row.update({f"val/{k}": v for k, v in val.items()})
                     summary["val_after"] = val
                 if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
@@ -277,7 +292,9 @@ class TrainingRun:
 
         With their attempts: the adapter needs to know which attempt ended the rollout, and how.
         """
+        started = time.monotonic()
         read = await client.read_rollouts(rollout_ids)  # one request per 1,000 rollouts, one store read each
+        self._read_s = time.monotonic() - started  # part of collect_s
         spans = {r.rollout_id: r.spans for r in read}
         rollouts: list[Rollout] = list(read)  # each a Rollout with its spans beside
         return rollouts, spans

@@ -40,6 +40,7 @@ class Policy:
     trainer: PolicyTrainer
     backend: Backend
     description: str  # one line for the run's console: what trains, what serves
+    overlaps: bool = False  # rollouts can be generated while the trainer updates (weights of their own)
     _closers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
@@ -55,6 +56,7 @@ def engine_settings(config: TrainConfig) -> dict[str, Any]:
         "device": config.engine.device,
         "max_batch_size": config.engine.max_batch_size,
         "batch_wait_s": config.engine.batch_wait_s,
+        "continuous_batching": config.engine.continuous_batching,
     }
 
 
@@ -95,6 +97,7 @@ def _embedded_policy(config: TrainConfig) -> Policy:
         trainer=trainer,
         backend=EngineBackend(engine, cfg.served_model),
         description=f"embedded trainer on {trainer.device}, embedded engine on {engine.device}: {how}",
+        overlaps=not share,
         _closers=[engine.close],
     )
 
@@ -138,6 +141,7 @@ def _vllm_policy(config: TrainConfig, run_dir: Path) -> Policy:
         backend=backend,
         description=f"embedded trainer on {trainer.device}, {len(settings.urls)} vLLM replica(s), "
         f"weights by {settings.weight_sync}",
+        overlaps=True,
         _closers=[sync.close],
     )
 
@@ -157,7 +161,7 @@ def _verl_policy(config: TrainConfig, run_dir: Path) -> Policy:
             "with trainer.backend verl, VeRL's own rollout replicas serve the calls: leave engine.backend unset "
             "(set the replicas up in trainer.verl, e.g. actor_rollout_ref.rollout.*)"
         )
-    if config.max_staleness > 0:
+    if config.max_staleness:
         raise BadInput(
             "trainer.backend verl runs VeRL's hybrid engine: its replicas sleep while the actor updates, so "
             "collection cannot overlap the update; use max_staleness: 0"

@@ -1,9 +1,10 @@
 """The embedded policy trainer: one PPO-style update from a batch of samples, then the new weights to the engine.
 
 :meth:`Trainer.step` (its body: ``Trainer._step``) reads top to bottom: the samples are packed into
-micro-batches by a token budget (:mod:`agentbolt.trainer.micro_batches`), each micro-batch runs forward and
-yields the log-probabilities of its response tokens (:func:`token_logprobs`: the logits at position t-1
-predict token t, scaled by the temperature it was sampled at), the policy's entropy, and
+micro-batches by a token budget (:mod:`agentbolt.trainer.micro_batches`; samples sharing a prompt run it once,
+``config.share_prompts``), each micro-batch runs forward and yields the log-probabilities of its response tokens
+(:func:`token_logprobs`: the hidden state before token t predicts it, projected onto the vocabulary a chunk at a
+time, scaled by the temperature it was sampled at), the policy's entropy, and
 the PPO-clip loss against the behaviour log-probabilities the gateway recorded; gradients accumulate
 over the micro-batches (the per-token weights are computed over the whole batch, so the sum of
 micro-batch losses *is* the batch loss), then the gradient norm is clipped and the optimizer steps.
@@ -44,7 +45,7 @@ from agentbolt.trainer.checkpoint import (
     write_checkpoint,
 )
 from agentbolt.trainer.loss import policy_loss, token_weights
-from agentbolt.trainer.micro_batches import MicroBatch, pack_micro_batches, supports_logits_mask, token_logprobs
+from agentbolt.trainer.micro_batches import DecoderHead, MicroBatch, pack_micro_batches, split_model, token_logprobs
 from agentbolt.trainer.rng import TrainerRandom
 from agentbolt.types import LossConfig, Sample, TrainerCheckpoint, TrainerConfig
 
@@ -175,7 +176,13 @@ class Trainer:
         self.max_context = context_length(model.config)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_token_id: int = int(pad or 0)
-        self.slice_logits = supports_logits_mask(model)
+        # Scoring through decoder + output layer in chunks, and shared prompts, where this model allows them.
+        self.split = split_model(model, self.autocast_dtype)
+        self.reference_split = (
+            self.split if self.reference is None else split_model(self.reference, self.autocast_dtype)
+        )
+        splits = [self.split] + ([self.reference_split] if loss.kl_coef > 0 else [])
+        self.share_prompts = config.share_prompts and all(s is not None and s.shares_prompts for s in splits)
         self.steps_done = 0
         self.model_version: int = engine.model_version if engine is not None else 0
 
@@ -230,7 +237,9 @@ class Trainer:
         """One policy update from ``samples``, then the new weights to the engine (model version + 1).
 
         Returns metrics: loss, clip_fraction, approx_kl, kl_ref (with a KL penalty), ratio_mean, entropy,
-        grad_norm, lr, tokens, response_tokens, tokens_per_s, micro_batches, optimizer_steps, samples,
+        grad_norm, lr, tokens (the samples' prompt + response tokens), response_tokens, forward_tokens (the
+        tokens the model ran: a shared prompt once per micro-batch), tokens_per_s (samples' tokens per second),
+        micro_batches, optimizer_steps, samples,
         update_s, weight_push_s, step, model_version, and version_lag_mean/max (model version at this
         update minus each sample's model version; when the samples carry one).
 
@@ -250,19 +259,21 @@ class Trainer:
         self.model.train()
 
         sums: dict[str, float] = {}  # metric -> sum over micro-batches (weighted as noted)
-        tokens = response_tokens = micro_batches = optimizer_steps = 0
+        tokens = response_tokens = forward_tokens = micro_batches = optimizer_steps = 0
         grad_norms: list[float] = []
         for epoch in range(cfg.ppo_epochs):
             for mini_batch in self._mini_batches(samples, epoch):
                 weights = token_weights(mini_batch, loss_cfg.aggregation)  # sums to the mini-batch's loss
                 self.optimizer.zero_grad(set_to_none=True)
-                for cpu_batch in pack_micro_batches(mini_batch, weights, cfg.micro_batch_tokens, self.pad_token_id):
+                micro = pack_micro_batches(
+                    mini_batch, weights, cfg.micro_batch_tokens, self.pad_token_id, share_prompts=self.share_prompts
+                )
+                for cpu_batch in micro:
                     batch = cpu_batch.to(self.device)
-                    mask = batch.response_mask  # (B, T), T = L-1
-                    # Scored at the temperature it was sampled at, like the engine's behaviour logprobs.
-                    logprobs, logp_all = self._token_logprobs(self.model, batch)  # (B, T), (N, V)
-                    with torch.no_grad():  # entropy of the policy at each response position, a metric only
-                        entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N,)
+                    mask = batch.response_mask  # (B, R): column j is response token j
+                    # Scored at the temperature it was sampled at, like the engine's behaviour logprobs; the
+                    # entropy of the policy at each response position is a metric only (no gradient).
+                    logprobs, entropy = self._token_logprobs(self.model, self.split, batch)  # (B, R), (N,)
                     ref_logprobs = self._reference_logprobs(batch) if loss_cfg.kl_coef > 0 else None
 
                     loss, parts = policy_loss(
@@ -286,6 +297,7 @@ class Trainer:
                     for key, value in parts.items():
                         _add(sums, key, value * weight)
                     tokens, response_tokens = tokens + batch.tokens, response_tokens + batch.response_tokens
+                    forward_tokens += batch.forward_tokens
                     micro_batches += 1
                 max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
@@ -312,6 +324,7 @@ class Trainer:
             "samples": float(len(samples)),
             "tokens": float(tokens),
             "response_tokens": float(response_tokens),
+            "forward_tokens": float(forward_tokens),
             "tokens_per_s": tokens / update_s,
             "micro_batches": float(micro_batches),
             "optimizer_steps": float(optimizer_steps),
@@ -340,17 +353,19 @@ class Trainer:
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: MicroBatch) -> torch.Tensor:
-        """Log-probs of the response tokens under the frozen reference: ``(B, L-1)``, 0 off the response."""
+        """Log-probs of the response tokens under the frozen reference: ``(B, R)``, 0 off the response."""
         context: contextlib.AbstractContextManager[Any]
         if self.reference is not None:
             reference, context = self.reference, contextlib.nullcontext()
         else:  # LoRA: the base model is the reference
             reference, context = self.model, self.model.disable_adapter()
         with context:
-            return self._token_logprobs(reference, batch)[0]
+            return self._token_logprobs(reference, self.reference_split, batch)[0]
 
-    def _token_logprobs(self, model: Any, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return token_logprobs(model, batch, slice_logits=self.slice_logits, autocast_dtype=self.autocast_dtype)
+    def _token_logprobs(
+        self, model: Any, split: DecoderHead | None, batch: MicroBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return token_logprobs(model, batch, split=split, autocast_dtype=self.autocast_dtype)
 
     def _version_lag(self, samples: list[Sample]) -> dict[str, float]:
         current = self.engine.model_version if self.engine is not None else self.model_version

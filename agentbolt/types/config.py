@@ -149,8 +149,17 @@ class TrainerConfig(_Model):
     micro_batch_tokens: int = Field(
         default=4096,
         ge=1,
-        description="Token budget of one forward/backward: rows x padded length (prompt + response). "
-        "A sample longer than the budget runs alone.",
+        description="Token budget of one forward/backward: rows x padded length (prompt + response); with "
+        "shared prompts, prompts x padded prompt length + rows x padded response length. A sample longer than "
+        "the budget runs alone.",
+    )
+    share_prompts: bool = Field(
+        default=True,
+        description="Run a prompt that several samples of a batch share (a GRPO group's) once per micro-batch and "
+        "their responses against its KV cache: the same log-probabilities and gradients as running each sample "
+        "whole (to float rounding), for 1/group of the prompt's compute. Used where a check at start-up finds it "
+        "exact for the model; LoRA dropout then draws one mask for the shared prompt's tokens. false: every "
+        "sample runs whole.",
     )
     ppo_epochs: int = Field(default=1, ge=1, description="Passes over each batch of samples per policy update.")
     mini_batches: int = Field(
@@ -258,6 +267,11 @@ class EngineConfig(_Model):
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; default: a GPU if any, else the CPU.")
     max_batch_size: int = Field(default=64, ge=1, description="Most sequences decoded together.")
     batch_wait_s: float = Field(default=0.01, ge=0, description="How long a batch waits for more requests to join.")
+    continuous_batching: bool = Field(
+        default=True,
+        description="Requests queued while a batch decodes join it between steps; false: they wait for it to "
+        "finish (static batching).",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="Embedded engine's compute dtype; auto: bfloat16 on CUDA, else float32."
     )
@@ -341,11 +355,14 @@ class TrainConfig(_Model):
     )
     worker_concurrency: int = Field(default=16, ge=1, description="Rollouts each worker process runs at once.")
     rollout_timeout_s: float = Field(default=300.0, gt=0, description="Wall-clock limit of one attempt.")
-    max_staleness: int = Field(
-        default=0,
+    max_staleness: int | None = Field(
+        default=None,
         ge=0,
         description="0: synchronous on-policy (collect, then train). k>0: keep collecting the next batches while "
-        "training, with rollouts at most k model versions behind the weights being trained.",
+        "training, with rollouts at most k model versions behind the weights being trained (the PPO ratio against "
+        "the behaviour logprobs corrects for it). None: 1 where rollouts are served from weights of their own "
+        "(engine.share_weights false, vLLM replicas), so collection overlaps the update; 0 where the engine decodes "
+        "with the trainer's own weights or VeRL's hybrid replicas sleep during the update (nothing can overlap).",
     )
     seed: int = Field(default=0, description="Seeds task sampling and the trainer.")
     run_dir: str | None = Field(
@@ -368,4 +385,9 @@ class TrainConfig(_Model):
             raise ValueError("engine.backend vllm needs engine.vllm (at least `urls`)")
         if self.engine.backend == "vllm" and vllm is not None and vllm.weight_sync == "lora" and not self.trainer.lora:
             raise ValueError("engine.vllm.weight_sync lora needs trainer.lora (the adapter is what is sent)")
+        if self.engine.backend == "vllm" and vllm is not None and vllm.weight_sync == "nccl" and self.trainer.lora:
+            raise ValueError(
+                "engine.vllm.weight_sync nccl sends full weights under the base model's names; with trainer.lora "
+                "use weight_sync lora (the adapter) or disk (the merged model)"
+            )
         return self

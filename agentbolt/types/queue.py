@@ -5,13 +5,18 @@ Timestamps are seconds since the epoch (float).
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import Enum
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agentbolt.types.base import FiniteFloat, FiniteJSON, JSONValue, QueryOffset, RolloutMode, StoreInt, _Model
+from agentbolt.types.openai import ErrorObject
 from agentbolt.types.spans import Span
+
+# The most items one batch call of a worker carries (``/api/dequeue/batch``, ``/api/attempts/...``).
+MAX_BATCH = 1_000
 
 
 class RolloutStatus(str, Enum):
@@ -147,8 +152,41 @@ class DequeueRequest(_Model):
     wait_s: FiniteFloat = Field(default=0.0, ge=0, le=60, description="Long-poll: wait this long for a rollout.")
 
 
+class DequeueBatchRequest(_Model):
+    """A worker's dequeue for several of its runners at once (``POST /api/dequeue/batch``)."""
+
+    worker_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description="The runners that want a rollout, each at most one; the oldest queued rollout goes to the first.",
+    )
+    modes: list[RolloutMode] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these modes; None means any. An empty list could match nothing, so it is refused.",
+    )
+    wait_s: FiniteFloat = Field(
+        default=0.0, ge=0, le=60, description="Long-poll: wait this long for at least one rollout."
+    )
+
+    @field_validator("worker_ids")
+    @classmethod
+    def _distinct(cls, worker_ids: list[str]) -> list[str]:
+        repeated = sorted(w for w, n in Counter(worker_ids).items() if n > 1)
+        if repeated:
+            raise ValueError(f"worker id {', '.join(repeated)} appears more than once; a runner holds one attempt")
+        return worker_ids
+
+
 class HeartbeatRequest(_Model):
     worker_id: str | None = Field(default=None, max_length=200)
+
+
+class AttemptHeartbeat(HeartbeatRequest):
+    """One attempt's heartbeat in a batch (``POST /api/attempts/heartbeat``)."""
+
+    rollout_id: str = Field(max_length=200)
+    attempt_id: str = Field(max_length=200)
 
 
 class AttemptFinish(_Model):
@@ -157,6 +195,27 @@ class AttemptFinish(_Model):
     status: Literal["succeeded", "failed"]
     error: ErrorInfo | None = None
     reward: FiniteFloat | None = Field(default=None, description="Final reward, if the agent returned one.")
+
+
+class AttemptFinishItem(AttemptFinish):
+    """One attempt's finish in a batch (``POST /api/attempts/finish``)."""
+
+    rollout_id: str = Field(max_length=200)
+    attempt_id: str = Field(max_length=200)
+
+
+class AttemptResult(_Model):
+    """The outcome for one attempt of a batch call, in the order of the request's items.
+
+    ``status_code`` is what the route for that one attempt would have answered: 200 (finish: with
+    ``rollout``, the rollout after it), or the error's status (404, 409...) with ``error``.
+    """
+
+    rollout_id: str
+    attempt_id: str
+    status_code: int = Field(description="200, or the error's HTTP status.")
+    rollout: Rollout | None = Field(default=None, description="A finish's rollout, once the attempt has ended.")
+    error: ErrorObject | None = Field(default=None, description="What went wrong for this attempt, if anything.")
 
 
 # The ``error.type`` of an attempt its worker released (``AttemptRelease``): a dotted name no exception has.

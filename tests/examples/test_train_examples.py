@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #             settings of its own)
 EXAMPLES: dict[str, tuple[str | None, set[str], str | None, list[str]]] = {
     "calculator": (None, set(), None, []),
+    "addition": (None, set(), None, []),
     "sql_langgraph": ("langgraph", {"checker"}, "agent_filtered", []),  # not selected
     "retrieval_openai_agents": ("agents", set(), None, []),
     "calculator_autogen": ("autogen_agentchat", set(), None, []),

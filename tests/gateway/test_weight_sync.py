@@ -195,6 +195,14 @@ def test_a_vllm_engine_config_needs_its_replicas_and_lora_needs_an_adapter() -> 
         TrainConfig.model_validate(
             {**base, "engine": {"backend": "vllm", "vllm": {"urls": ["http://h:8000/v1"], "weight_sync": "lora"}}}
         )
+    with pytest.raises(ValueError, match=r"nccl sends full weights"):  # it would send the PEFT model's names
+        TrainConfig.model_validate(
+            {
+                **base,
+                "engine": {"backend": "vllm", "vllm": {"urls": ["http://h:8000/v1"], "weight_sync": "nccl"}},
+                "trainer": {"lora": {}},
+            }
+        )
     ok = TrainConfig.model_validate({**base, "engine": {"backend": "vllm", "vllm": {"urls": ["http://h:8000/v1"]}}})
     assert ok.engine.vllm is not None and ok.engine.vllm.weight_sync == "disk"
 

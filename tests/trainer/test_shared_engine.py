@@ -65,13 +65,13 @@ def test_pause_lets_the_running_batch_finish_and_holds_new_requests_until_resume
         results[name] = greedy(engine, prompt, n)
 
     decoding = threading.Event()
-    decode = engine._decode_batch
+    decode = engine._decode
 
-    def observed(jobs: Any) -> Any:
+    def observed(jobs: Any, *, admit: bool) -> Any:
         decoding.set()
-        return decode(jobs)
+        return decode(jobs, admit=admit)
 
-    engine._decode_batch = observed  # type: ignore[method-assign]
+    engine._decode = observed  # type: ignore[method-assign]
     try:
         running = threading.Thread(target=call, args=("running", 64))
         running.start()

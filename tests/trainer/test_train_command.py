@@ -92,6 +92,8 @@ def test_train_runs_updates_the_weights_and_the_engine_serves_each_new_version(t
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # On-policy by default when the engine decodes with the trainer's weights: nothing could overlap the update.
+    assert not second_step_enqueued_before_first_update(run_dir / "agentbolt.db")
     # The engine served the new weights: step 2's rollouts ran on version 1, the last validation on 2.
     versions = llm_span_versions(run_dir / "agentbolt.db")
     assert versions["train"] == {0, 1}
@@ -109,12 +111,26 @@ def test_train_runs_updates_the_weights_and_the_engine_serves_each_new_version(t
     assert changed, "no weight changed after two updates"
 
 
-def test_train_with_a_staleness_bound_overlaps_collection_and_records_the_lag(tmp_path: Path) -> None:
-    run_dir = train(tmp_path, "max_staleness: 1\n")
+def second_step_enqueued_before_first_update(db: Path) -> bool:
+    """Whether step 2's rollouts were enqueued before model version 1 (the first update) was announced."""
+    with sqlite3.connect(db) as conn:
+        (enqueued,) = conn.execute("select min(created_at) from rollouts where json_extract(metadata, '$.step') = 1")
+        (updated,) = conn.execute("select created_at from model_versions where version = 1")
+    return bool(enqueued[0] < updated[0])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["max_staleness: 1\n", "engine: {share_weights: false}\n"],
+    ids=["explicit", "default-with-an-engine-copy"],
+)
+def test_train_with_a_staleness_bound_overlaps_collection_and_records_the_lag(tmp_path: Path, extra: str) -> None:
+    run_dir = train(tmp_path, extra)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["step"] > 0]
     assert [r["model_version"] for r in steps] == [1, 2]
     # Step 2's rollouts were enqueued before the first update: some may have run on version 0, never older.
+    assert second_step_enqueued_before_first_update(run_dir / "agentbolt.db")
     assert all(0 <= r["version_lag_max"] <= 1 for r in steps)
     assert all(r["transitions/dropped/stale"] == 0 for r in steps)
 
