@@ -34,6 +34,7 @@ from agentbolt import semconv
 from agentbolt.client.http import ServerClient
 from agentbolt.engine import Engine
 from agentbolt.gateway.backend import EngineBackend
+from agentbolt.gateway.text import TokenText
 from agentbolt.server.background import BackgroundServer
 from agentbolt.train.workers import WorkerProcesses
 from agentbolt.types import EngineConfig, GenerationRequest, RolloutCreate, ServerConfig
@@ -54,14 +55,8 @@ def step_tasks(round_: int, tasks_per_step: int) -> list[dict[str, Any]]:
 
 async def bare(engine: Engine, tasks: list[dict[str, Any]], group_size: int) -> tuple[float, int]:
     """Seconds and generated tokens for the engine alone on the step's prompts (each task ``group_size`` times)."""
-    tokenizer = engine.tokenizer
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": PROMPT.format(a=t["a"], b=t["b"])}], add_generation_prompt=True
-        )
-        for t in tasks
-    ]
-    ids = [p if isinstance(p, list) else list(p["input_ids"]) for p in prompts]
+    text = TokenText(engine.tokenizer)  # the gateway's own rendering of a chat
+    ids = [text.chat_prompt([{"role": "user", "content": PROMPT.format(a=t["a"], b=t["b"])}]) for t in tasks]
     requests = [
         GenerationRequest(prompt_token_ids=p, max_new_tokens=MAX_TOKENS, temperature=1.0)
         for p in ids

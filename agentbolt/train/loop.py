@@ -98,7 +98,6 @@ class TrainingRun:
         self._workers: WorkerProcesses | None = None
         self._loop_started = 0.0  # for the ETA: when the first step of this process began, and its number
         self._first_step = 0
-        self._read_s = 0.0  # how long the last read-back of finished rollouts took
 
     def run(self) -> dict[str, Any]:
         """Train; returns a summary (first/last validation score, steps, wall-clock, paths)."""
@@ -209,8 +208,10 @@ class TrainingRun:
                     pending.append(await self._enqueue_step(client, step + len(pending)))
                 batch = pending.pop(0)
                 collect_started = time.monotonic()
-                rollouts, spans = await self._collect(client, batch.rollout_ids)
-                collect_s = time.monotonic() - collect_started
+                await self._wait_finished(client, batch.rollout_ids)
+                read_started = time.monotonic()
+                rollouts, spans = await self._read_finished(client, batch.rollout_ids)
+                collect_s, read_s = time.monotonic() - collect_started, time.monotonic() - read_started
                 prepare_started = time.monotonic()
                 samples, report = prepare_batch(rollouts, spans, cfg.rl)
                 prepare_s = time.monotonic() - prepare_started
@@ -218,7 +219,7 @@ class TrainingRun:
                 stale, samples = len(samples) - len(fresh), fresh
                 row: dict[str, float] = dict(report.metrics())
                 row.update({"collect_s": collect_s, "prepare_s": prepare_s, "transitions/dropped/stale": float(stale)})
-                row["read_s"] = self._read_s
+                row["read_s"] = read_s  # part of collect_s
                 if samples:
                     train_started = time.monotonic()
                     row.update(trainer.step(samples))
@@ -266,7 +267,12 @@ class TrainingRun:
     async def _collect(
         self, client: ServerClient, rollout_ids: list[str]
     ) -> tuple[list[Rollout], dict[str, list[Span]]]:
-        """Wait for the rollouts to finish; return them with their spans.
+        """Wait for the rollouts to finish (:meth:`_wait_finished`); return them with their spans."""
+        await self._wait_finished(client, rollout_ids)
+        return await self._read_finished(client, rollout_ids)
+
+    async def _wait_finished(self, client: ServerClient, rollout_ids: list[str]) -> None:
+        """Wait until every rollout has finished.
 
         Raises:
             RuntimeError: a worker process exited.
@@ -283,7 +289,6 @@ class TrainingRun:
                 )
             result = await client.wait(remaining, timeout_s=WAIT_POLL_S)
             remaining = result.pending
-        return await self._read_finished(client, rollout_ids)
 
     async def _read_finished(
         self, client: ServerClient, rollout_ids: list[str]
@@ -292,9 +297,7 @@ class TrainingRun:
 
         With their attempts: the adapter needs to know which attempt ended the rollout, and how.
         """
-        started = time.monotonic()
         read = await client.read_rollouts(rollout_ids)  # one request per 1,000 rollouts, one store read each
-        self._read_s = time.monotonic() - started  # part of collect_s
         spans = {r.rollout_id: r.spans for r in read}
         rollouts: list[Rollout] = list(read)  # each a Rollout with its spans beside
         return rollouts, spans
