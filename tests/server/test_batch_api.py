@@ -125,7 +125,9 @@ async def test_client_batch_calls_give_each_attempt_its_typed_error(server: Back
     _enqueue(server.url, 1)
     async with ServerClient(server.url) as client:
         [claim] = await client.dequeue_many(["w-0", "w-1"])
-        ghost = Attempt(attempt_id="at-ghost", rollout_id=claim.rollout.rollout_id, number=1, started_at=0, last_heartbeat_at=0)
+        ghost = Attempt(
+            attempt_id="at-ghost", rollout_id=claim.rollout.rollout_id, number=1, started_at=0, last_heartbeat_at=0
+        )
         alive, unknown = await client.heartbeats([(claim.attempt, "w-0"), (ghost, None)])
         assert alive is None and isinstance(unknown, NotFound) and "at-ghost" in str(unknown)
         done, missing = await client.finish_many(
